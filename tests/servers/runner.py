@@ -1,0 +1,69 @@
+"""Run an aiohttp test server on a real 127.0.0.1 socket in a background thread.
+
+The test servers keep their state in plain Python objects. Running each one on its own event loop in a thread
+lets session-scoped fixtures, synchronous tests, pytest-asyncio tests and an operator running in another thread
+or process all talk to the same server without sharing an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+class ServerThread:
+    """Serve ``app_factory()`` on 127.0.0.1 until ``stop()``; ``port`` is chosen by the OS unless given."""
+
+    def __init__(
+        self,
+        app_factory: Callable[[], web.Application],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._app_factory = app_factory
+        self._host = host
+        self._port = port
+        self._ssl_context = ssl_context
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-server", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port: int = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self._app_factory(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
