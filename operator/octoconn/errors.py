@@ -115,6 +115,16 @@ class OctopusRateLimited(OctopusError):
     retry = Retry.RATE_LIMITED
 
 
+class OctopusUnexpectedResponse(OctopusError):
+    """The server's anonymous ``/api`` root is Octopus, but ``/api/users/me`` answered oddly (404, non-JSON...).
+
+    Usually a reverse proxy in front of Octopus rewriting or blocking paths; may be transient, so back off.
+    """
+
+    reason = "OctopusUnexpectedResponse"
+    retry = Retry.BACKOFF
+
+
 # --- Infisical ---------------------------------------------------------------------------------------------------
 class InfisicalError(OctoconnError):
     reason = "InfisicalError"
@@ -159,3 +169,10 @@ class InfisicalUnavailable(InfisicalError):
 class InfisicalRateLimited(InfisicalError):
     reason = "InfisicalRateLimited"
     retry = Retry.RATE_LIMITED
+
+
+class InfisicalCredentialsMissing(InfisicalError):
+    """The per-resource identity Secret (spec.infisical.credentialsSecretRef) is missing or incomplete."""
+
+    reason = "InfisicalCredentialsMissing"
+    retry = Retry.WAIT_FOR_CHANGE

@@ -1,0 +1,3 @@
+from octoconn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Command line: ``octoconn run | check | version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from octoconn import __version__, errors
+from octoconn.octopus import OctopusClient
+from octoconn.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="octoconn", description="Octopus Deploy -> Infisical App Connection operator")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable; glob patterns ok)"
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    run.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument(
+        "--standalone", action="store_true", help="no peering with other replicas (run exactly one replica)"
+    )
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+
+    check = sub.add_parser("check", help="verify an Octopus API key once and print who it belongs to")
+    check.add_argument("--instance-url", required=True, help="Octopus base URL, e.g. https://example.octopus.app")
+    check.add_argument("--api-key-file", required=True, type=Path, help="file holding the API key ('-' for stdin)")
+    check.add_argument("--allow-http", action="store_true", help="allow an http:// URL (the key travels in clear)")
+    check.add_argument("--ca-bundle", type=Path, help="PEM file of CAs to trust for the Octopus server")
+
+    sub.add_parser("version", help="print the version")
+
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"octoconn {__version__}")
+        return 0
+    if args.command == "check":
+        return asyncio.run(_check(args))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf  # imported here so `octoconn check`/`version` start fast
+
+    from octoconn import handlers  # noqa: F401 - registers the handlers with Kopf
+    from octoconn.settings import SettingsError
+
+    try:
+        settings = Settings()
+        if settings.auth_method == "universal":
+            settings.universal_credentials()
+    except (ValueError, SettingsError) as exc:
+        print(f"octoconn: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    kopf.configure(
+        verbose=args.verbose or settings.log_level == "DEBUG",
+        quiet=settings.log_level in ("WARNING", "ERROR"),
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    namespaces = args.namespace or settings.namespaces
+    asyncio.run(
+        kopf.operator(
+            standalone=args.standalone,
+            liveness_endpoint=args.liveness,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+        )
+    )
+    return 0
+
+
+async def _check(args: argparse.Namespace) -> int:
+    try:
+        raw = sys.stdin.read() if str(args.api_key_file) == "-" else args.api_key_file.read_text()
+    except OSError as exc:
+        print(f"cannot read {args.api_key_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    client = OctopusClient(allow_http=args.allow_http, ca_bundle=str(args.ca_bundle) if args.ca_bundle else None)
+    try:
+        identity = await client.verify(args.instance_url, raw.strip())
+    except errors.OctoconnError as exc:
+        print(f"FAILED ({exc.reason}): {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    kind = "service account" if identity.is_service else "user"
+    print(f"OK: the key belongs to {kind} {identity.username} ({identity.user_id})")
+    if identity.server_version:
+        print(f"Octopus Server {identity.server_version}")
+    if identity.key_expires_at:
+        print(f"Key expires at {identity.key_expires_at.isoformat()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

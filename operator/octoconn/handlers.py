@@ -1,0 +1,102 @@
+"""Kopf wiring, and nothing else: every decision lives in ``octoconn.reconcile``.
+
+- one daemon per OctopusDeployConnection runs the reconcile loop (create, resume, periodic check, retries);
+- spec/annotation changes and changes of a referenced Secret wake that loop at once;
+- a delete handler, behind our own finalizer, honours ``deletionPolicy``.
+
+Secrets are watched with an *event* handler only: Kopf create/update handlers on Secrets would copy the Secret
+(API key included) into an annotation on the user's Secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from octoconn import errors
+from octoconn.kube import KubeClient, load_api_client
+from octoconn.models import GROUP, PLURAL, VERSION
+from octoconn.reconcile import Event, Resource, retry_delay
+from octoconn.runtime import Runtime
+from octoconn.settings import Settings
+
+FINALIZER = f"{GROUP}/finalizer"
+ODC = (GROUP, VERSION, PLURAL)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    config = Settings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    memo.runtime = Runtime.build(config, KubeClient(load_api_client()))
+    logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)
+
+
+@kopf.on.cleanup()
+async def close_clients(memo: Any, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.aclose()
+
+
+@kopf.daemon(*ODC, id="reconcile", cancellation_timeout=10)
+async def reconcile_loop(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    await runtime.loop(lambda: dict(body), _emitter(body), logger)
+
+
+@kopf.on.update(*ODC, id="wake-on-change")
+def wake_on_change(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    memo.runtime.kick(namespace or "", name)
+
+
+@kopf.index(*ODC, id="by_secret")
+def by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str]:
+    refs = {spec.get("apiKeySecretRef", {}).get("name")}
+    refs.add(((spec.get("infisical") or {}).get("credentialsSecretRef") or {}).get("name"))
+    return {(namespace, ref): name for ref in refs if ref}
+
+
+@kopf.on.event("", "v1", "secrets", id="wake-on-secret")
+def wake_on_secret(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    if type is None:
+        return  # the initial listing: every resource reconciles on its own start anyway
+    index: kopf.Index[tuple[str | None, str], str] = kwargs["by_secret"]
+    for odc in index.get((namespace, name), []):
+        memo.runtime.kick(namespace or "", odc)
+
+
+@kopf.on.delete(*ODC, id="finalize")
+async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    res = Resource.from_body(body)
+    try:
+        events = await runtime.reconciler.finalize(res)
+    except errors.OctoconnError as exc:
+        s = runtime.settings
+        delay = retry_delay(
+            exc,
+            attempt=retry + 1,
+            backoff_cap=s.retry_backoff_cap_seconds,
+            auth_retry=s.auth_retry_seconds,
+            wait_for_change=s.auth_retry_seconds,
+        )
+        raise kopf.TemporaryError(f"{exc.reason}: {exc.message} (see docs on deletion to force)", delay=delay) from None
+    emit = _emitter(body)
+    for event in events:
+        emit(event)
+
+
+def _emitter(body: kopf.Body) -> Any:
+    def emit(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    return emit

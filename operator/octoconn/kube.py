@@ -1,0 +1,109 @@
+"""The operator's own Kubernetes calls: read a Secret, patch status, mint a ServiceAccount token.
+
+Kopf does the watching; these are the few direct calls. They use the official ``kubernetes`` client (which
+knows every kubeconfig and in-cluster auth flavour, including refreshing projected tokens) through one
+long-lived ``ApiClient``, run in worker threads so the event loop never blocks on HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from octoconn.models import GROUP, PLURAL, VERSION
+from octoconn.reconcile import SecretData
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed; the message carries the status and reason, never object data."""
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a Pod, else the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return client.ApiClient(configuration)
+
+
+def _describe(exc: ApiException) -> str:
+    # Never include exc.body for Secrets: it could echo data. Status and reason are enough to act on.
+    return f"HTTP {exc.status} {exc.reason}"
+
+
+class KubeClient:
+    """Implements the ``SecretReader`` and ``StatusWriter`` ports of ``octoconn.reconcile``."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        try:
+            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"reading Secret {namespace}/{name} failed: {_describe(exc)}") from None
+        meta = secret.metadata
+        return SecretData(
+            resource_version=(meta.resource_version if meta else None) or "",
+            data=decode_secret_data({k: str(v) for k, v in (secret.data or {}).items()}),
+        )
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(status)},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile: nothing left to record
+            raise KubeError(f"patching status of {namespace}/{name} failed: {_describe(exc)}") from None
+
+    async def service_account_token(self, namespace: str, name: str, *, audience: str | None, ttl_seconds: int) -> str:
+        """A short-lived token for the ServiceAccount (TokenRequest), as Infisical's own operator sends."""
+        body = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[audience] if audience else [],
+                expiration_seconds=ttl_seconds,
+            )
+        )
+        try:
+            result = await asyncio.to_thread(self._core.create_namespaced_service_account_token, name, namespace, body)
+        except ApiException as exc:
+            raise KubeError(f"TokenRequest for ServiceAccount {namespace}/{name} failed: {_describe(exc)}") from None
+        if result.status is None or not result.status.token:
+            raise KubeError(f"TokenRequest for ServiceAccount {namespace}/{name} returned no token")
+        return str(result.status.token)
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
+
+def decode_secret_data(data: Mapping[str, str]) -> dict[str, str]:
+    """Base64-decode a Secret's ``data``; values that are not UTF-8 text are left out (a key is text)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        try:
+            out[key] = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    return out

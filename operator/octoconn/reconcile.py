@@ -1,0 +1,598 @@
+"""The whole life of one OctopusDeployConnection: verify, create or update, repair drift, delete.
+
+This module decides; it does no I/O of its own. Outside calls go through the small ports below (Secrets,
+Octopus, Infisical, status), which ``handlers`` wires to the real clients. It imports neither kopf nor httpx,
+so every decision can be exercised without a cluster.
+
+One pass (``ConnectionReconciler.reconcile``):
+1. paused? -> no remote calls, ``Synced=False/ReconcilePaused``;
+2. read the API key from the Secret and verify it with Octopus (``CredentialsVerified``);
+3. find the Infisical connection (by recorded id; after a crash mid-create, by name after the pending marker);
+4. create it, or PATCH only what differs: ``credentials`` only when the key or URL changed, or when someone else
+   rewrote them (Infisical's ``credentialsHash`` moved) — every credentials write changes that hash;
+5. return the new status, the Events to emit and, on failure, the error that decides when to retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from octoconn import errors
+from octoconn.infisical import AppConnection
+from octoconn.models import (
+    ANNOTATION_ADOPT_EXISTING,
+    ANNOTATION_PAUSED,
+    DEFAULT_CLIENT_ID_KEY,
+    DEFAULT_CLIENT_SECRET_KEY,
+    Condition,
+    OctopusDeployConnectionSpec,
+    OctopusDeployConnectionStatus,
+    OctopusIdentityStatus,
+    PendingCreate,
+)
+from octoconn.octopus import OctopusIdentity, normalize_instance_url
+
+READY = "Ready"
+CREDENTIALS_VERIFIED = "CredentialsVerified"
+SYNCED = "Synced"
+
+# A connection found by name after a crash mid-create is ours if Infisical created it after our marker;
+# the margin absorbs clock skew between the operator and Infisical.
+PENDING_CREATE_SKEW = timedelta(minutes=2)
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+# --- ports -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SecretData:
+    resource_version: str
+    data: Mapping[str, str]  # decoded values
+
+
+class SecretReader(Protocol):
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None: ...
+
+
+class Verifier(Protocol):
+    async def verify(self, instance_url: str, api_key: str) -> OctopusIdentity: ...
+
+
+class ConnectionStore(Protocol):
+    async def get(self, connection_id: str) -> AppConnection | None: ...
+
+    async def get_by_name(self, name: str, *, project_id: str | None) -> AppConnection | None: ...
+
+    async def create(
+        self, *, name: str, description: str | None, project_id: str | None, instance_url: str, api_key: str
+    ) -> AppConnection: ...
+
+    async def update(
+        self,
+        connection_id: str,
+        *,
+        name: str | None = None,
+        description: Any = ...,
+        credentials: tuple[str, str] | None = None,
+    ) -> AppConnection: ...
+
+    async def delete(self, connection_id: str) -> bool: ...
+
+
+class StoreFactory(Protocol):
+    """Returns the Infisical store for a resource: the operator's own, or a per-resource identity's."""
+
+    def default(self) -> ConnectionStore: ...
+
+    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> ConnectionStore: ...
+
+
+class StatusWriter(Protocol):
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+
+# --- inputs and outputs ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resource:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: OctopusDeployConnectionSpec
+    status: OctopusDeployConnectionStatus
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Resource:
+        meta = body.get("metadata", {})
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            spec=OctopusDeployConnectionSpec.model_validate(body.get("spec") or {}),
+            status=OctopusDeployConnectionStatus.model_validate(body.get("status") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+
+    @property
+    def connection_name(self) -> str:
+        return self.spec.connection_name or self.name
+
+    @property
+    def paused(self) -> bool:
+        return self.annotations.get(ANNOTATION_PAUSED, "").strip().lower() == "true"
+
+    @property
+    def adopt_existing(self) -> bool:
+        return self.annotations.get(ANNOTATION_ADOPT_EXISTING, "").strip().lower() == "true"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: OctopusDeployConnectionStatus
+    events: list[Event] = field(default_factory=list)
+    error: errors.OctoconnError | None = None
+
+
+# --- pure helpers ------------------------------------------------------------------------------------------------
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def key_digest(api_key: str) -> str:
+    """In-memory fingerprint of a key, to tell a real rotation from an unrelated Secret edit. Never stored."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def set_condition(
+    conditions: list[Condition] | None,
+    *,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """Upsert a condition; ``lastTransitionTime`` moves only when ``status`` flips (API conventions)."""
+    current = [c for c in conditions or [] if c.type != type_]
+    previous = next((c for c in conditions or [] if c.type == type_), None)
+    moved = previous is None or previous.status != status
+    current.append(
+        Condition(
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=rfc3339(now) if moved or previous is None else previous.last_transition_time,
+            observed_generation=generation,
+        )
+    )
+    order = {READY: 0, CREDENTIALS_VERIFIED: 1, SYNCED: 2}
+    return sorted(current, key=lambda c: (order.get(c.type, 9), c.type))
+
+
+def summarize_ready(conditions: list[Condition], *, generation: int, now: datetime) -> list[Condition]:
+    """Ready is True only when the key is verified and Infisical holds it; otherwise it carries the first cause."""
+    by_type = {c.type: c for c in conditions}
+    verified, synced = by_type.get(CREDENTIALS_VERIFIED), by_type.get(SYNCED)
+    if verified and synced and verified.status == "True" and synced.status == "True":
+        return set_condition(
+            conditions,
+            type_=READY,
+            status="True",
+            reason="Available",
+            message="The API key is valid and registered in Infisical.",
+            generation=generation,
+            now=now,
+        )
+    cause = next((c for c in (verified, synced) if c is not None and c.status != "True"), None)
+    return set_condition(
+        conditions,
+        type_=READY,
+        status="False" if cause is not None and cause.status == "False" else "Unknown",
+        reason=cause.reason if cause else "Reconciling",
+        message=cause.message if cause else "The first reconcile has not finished yet.",
+        generation=generation,
+        now=now,
+    )
+
+
+def transition_events(before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus) -> list[Event]:
+    """An Event whenever a condition changes status or reason, so `kubectl describe` tells the story."""
+    out: list[Event] = []
+    for cond in after.conditions or []:
+        old = before.condition(cond.type)
+        if old is not None and (old.status, old.reason) == (cond.status, cond.reason):
+            continue
+        if old is None and cond.status == "True" and cond.type != READY:
+            continue  # the Ready event says it all on the first success
+        kind: Literal["Normal", "Warning"] = "Normal" if cond.status == "True" else "Warning"
+        out.append(Event(kind, cond.reason, f"{cond.type}={cond.status}: {cond.message}"))
+    return out
+
+
+def jittered(seconds: float, fraction: float = 0.1) -> float:
+    return seconds * (1 + random.uniform(-fraction, fraction))  # noqa: S311 - jitter, not security
+
+
+def retry_delay(
+    error: errors.OctoconnError,
+    *,
+    attempt: int,
+    backoff_cap: float,
+    auth_retry: float,
+    wait_for_change: float,
+) -> float:
+    """Seconds to wait before the next try of a failed reconcile (``attempt`` counts from 1)."""
+    match error.retry:
+        case errors.Retry.RATE_LIMITED:
+            return max(error.retry_after or 1.0, 1.0) + random.uniform(0, 1)  # noqa: S311
+        case errors.Retry.SLOW:
+            return jittered(auth_retry)
+        case errors.Retry.WAIT_FOR_CHANGE:
+            # A spec or Secret change wakes the resource at once; this is only the safety net.
+            return jittered(wait_for_change)
+        case _:
+            ceiling = min(backoff_cap, 5.0 * 2 ** min(attempt - 1, 16))
+            return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - "equal jitter" backoff
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    name: str | None = None
+    description_changed: bool = False
+    description: str | None = None
+    push_credentials: bool = False
+    drift_repaired: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self.name is None and not self.description_changed and not self.push_credentials
+
+
+def plan_update(
+    *,
+    remote: AppConnection,
+    desired_name: str,
+    desired_description: str | None,
+    instance_url: str,
+    key_changed: bool,
+    recorded_hash: str | None,
+) -> PatchPlan:
+    """What to PATCH on an existing connection. Credentials only when they really changed (see module doc)."""
+    drift = recorded_hash is not None and remote.credentials_hash != recorded_hash
+    return PatchPlan(
+        name=desired_name if remote.name != desired_name else None,
+        description_changed=(remote.description or None) != (desired_description or None),
+        description=desired_description,
+        push_credentials=key_changed or drift or remote.instance_url != instance_url,
+        drift_repaired=drift,
+    )
+
+
+# --- the reconciler ----------------------------------------------------------------------------------------------
+class ConnectionReconciler:
+    """Runs one reconcile or finalize pass for a resource. Long-lived: one per operator process."""
+
+    def __init__(
+        self,
+        *,
+        secrets: SecretReader,
+        octopus: Verifier,
+        stores: StoreFactory,
+        status_writer: StatusWriter,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._secrets = secrets
+        self._octopus = octopus
+        self._stores = stores
+        self._status_writer = status_writer
+        self._clock = clock
+        # uid -> digest of the key last pushed. Process memory only: after a restart we fall back to the Secret's
+        # resourceVersion, which may push identical credentials once, but never misses a rotation.
+        self._pushed_keys: dict[str, str] = {}
+
+    def forget(self, uid: str) -> None:
+        self._pushed_keys.pop(uid, None)
+
+    async def reconcile(self, res: Resource) -> Outcome:
+        now = self._clock()
+        status = res.status.model_copy(deep=True)
+        status.observed_generation = res.generation
+        if res.paused:
+            return self._finish(res, status, now, synced=("False", "ReconcilePaused", _PAUSED_MESSAGE))
+
+        try:
+            api_key, secret_version, identity, url = await self._verify(res)
+        except errors.OctoconnError as exc:
+            status.conditions = set_condition(
+                status.conditions,
+                type_=CREDENTIALS_VERIFIED,
+                status="Unknown" if exc.retry in _TRANSIENT else "False",
+                reason=exc.reason,
+                message=exc.message,
+                generation=res.generation,
+                now=now,
+            )
+            # Infisical was not touched; Synced keeps what it said (or Unknown before the first sync).
+            synced = status.condition(SYNCED)
+            synced_state = (
+                (synced.status, synced.reason, synced.message)
+                if synced is not None
+                else ("Unknown", "WaitingForCredentials", "Waiting for a verified API key before syncing.")
+            )
+            return self._finish(res, status, now, synced=synced_state, error=exc)
+
+        status.octopus = OctopusIdentityStatus(
+            user_id=identity.user_id,
+            username=identity.username,
+            is_service=identity.is_service,
+            server_version=identity.server_version,
+            key_expires_at=rfc3339(identity.key_expires_at) if identity.key_expires_at else None,
+        )
+        status.last_verified_time = rfc3339(now)
+        status.conditions = set_condition(
+            status.conditions,
+            type_=CREDENTIALS_VERIFIED,
+            status="True",
+            reason="ApiKeyValid",
+            message=f"Octopus accepted the key of {identity.username} ({identity.user_id}).",
+            generation=res.generation,
+            now=now,
+        )
+
+        events: list[Event] = []
+        try:
+            store = await self._store_for(res)
+            remote, action = await self._sync(res, status, store, api_key, secret_version, url, now)
+        except errors.OctoconnError as exc:
+            if isinstance(exc, errors.InfisicalError) and exc.retry not in _TRANSIENT:
+                status.pending_create = None  # a definite refusal: nothing was created
+            return self._finish(res, status, now, synced=("False", exc.reason, exc.message), error=exc)
+
+        self._pushed_keys[res.uid] = key_digest(api_key)
+        status.id = remote.id
+        status.version = remote.version
+        status.credentials_hash = remote.credentials_hash
+        status.org_id = remote.org_id
+        status.project_id = remote.project_id
+        status.connection_name = remote.name
+        status.instance_url = remote.instance_url
+        status.secret_resource_version = secret_version
+        status.last_synced_time = rfc3339(now)
+        status.pending_create = None
+        if action is not None:
+            events.append(action)
+        reason = action.reason if action is not None and action.reason == "DriftRepaired" else "UpToDate"
+        message = action.message if action is not None else f"Infisical connection {remote.name} ({remote.id}) matches."
+        outcome = self._finish(res, status, now, synced=("True", reason, message))
+        outcome.events[:0] = events
+        return outcome
+
+    async def finalize(self, res: Resource) -> list[Event]:
+        """Remove the Infisical connection unless the policy is Orphan. Raises to retry (finalizer stays)."""
+        name = res.connection_name
+        if res.spec.effective_deletion_policy() == "Orphan":
+            return [Event("Normal", "Orphaned", f"deletionPolicy is Orphan: Infisical connection {name} was kept.")]
+        if res.paused:
+            return [Event("Warning", "ReconcilePaused", f"Paused: Infisical connection {name} was left in place.")]
+        store = await self._store_for(res)
+        connection_id = res.status.id
+        if connection_id is None and res.status.pending_create is not None:
+            found = await self._find_pending(res, store, res.status.pending_create)
+            connection_id = found.id if found else None
+        self.forget(res.uid)
+        if connection_id is None:
+            return [Event("Normal", "NothingToDelete", "No Infisical connection was ever recorded for this resource.")]
+        deleted = await store.delete(connection_id)
+        verb = "Deleted" if deleted else "AlreadyGone"
+        detail = "deleted" if deleted else "was already gone"
+        return [Event("Normal", verb, f"Infisical connection {name} ({connection_id}) {detail}.")]
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    async def _verify(self, res: Resource) -> tuple[str, str, OctopusIdentity, str]:
+        url = normalize_instance_url(res.spec.instance_url)
+        ref = res.spec.api_key_secret_ref
+        secret = await self._secrets.read_secret(res.namespace, ref.name)
+        if secret is None:
+            raise errors.SecretNotFound(
+                f"Secret {res.namespace}/{ref.name} was not found. Create it with the Octopus API key under "
+                f'"{ref.data_key()}"; the connection is created as soon as it appears.'
+            )
+        api_key = secret.data.get(ref.data_key(), "").strip()
+        if not api_key:
+            keys = ", ".join(sorted(secret.data)) or "none"
+            raise errors.SecretKeyMissing(
+                f'Secret {res.namespace}/{ref.name} has no non-empty key "{ref.data_key()}" (keys present: {keys}). '
+                "Add the API key there or set spec.apiKeySecretRef.key."
+            )
+        identity = await self._octopus.verify(url, api_key)
+        return api_key, secret.resource_version, identity, url
+
+    async def _store_for(self, res: Resource) -> ConnectionStore:
+        spec = res.spec.infisical
+        if spec is None or spec.credentials_secret_ref is None:
+            return self._stores.default()
+        ref = spec.credentials_secret_ref
+        secret = await self._secrets.read_secret(res.namespace, ref.name)
+        if secret is None:
+            raise errors.InfisicalCredentialsMissing(
+                f"Secret {res.namespace}/{ref.name} named in spec.infisical.credentialsSecretRef was not found."
+            )
+        id_key = ref.client_id_key or DEFAULT_CLIENT_ID_KEY
+        secret_key = ref.client_secret_key or DEFAULT_CLIENT_SECRET_KEY
+        client_id, client_secret = secret.data.get(id_key, "").strip(), secret.data.get(secret_key, "").strip()
+        if not client_id or not client_secret:
+            raise errors.InfisicalCredentialsMissing(
+                f'Secret {res.namespace}/{ref.name} needs non-empty "{id_key}" and "{secret_key}" keys.'
+            )
+        return self._stores.for_identity(host_url=spec.host_url, client_id=client_id, client_secret=client_secret)
+
+    def _key_changed(self, res: Resource, api_key: str, secret_version: str) -> bool:
+        known = self._pushed_keys.get(res.uid)
+        if known is None:
+            return res.status.secret_resource_version != secret_version
+        return known != key_digest(api_key)
+
+    async def _sync(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        store: ConnectionStore,
+        api_key: str,
+        secret_version: str,
+        url: str,
+        now: datetime,
+    ) -> tuple[AppConnection, Event | None]:
+        name, description = res.connection_name, res.spec.description
+        remote: AppConnection | None = None
+        recreate = False
+        if res.status.id:
+            remote = await store.get(res.status.id)
+            recreate = remote is None
+        elif res.status.pending_create is not None:
+            remote = await self._find_pending(res, store, res.status.pending_create)
+            if remote is not None:
+                status.pending_create = None
+                remote = await self._update(res, store, remote, api_key, url, key_changed=True)
+                return remote, Event("Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try.")
+
+        if remote is None:
+            existing = await store.get_by_name(name, project_id=res.spec.project_id)
+            if existing is not None:
+                if not res.adopt_existing:
+                    raise errors.NameConflict(
+                        f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
+                        f"not create. Choose another spec.connectionName, or annotate the resource with "
+                        f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'
+                    )
+                remote = await self._update(res, store, existing, api_key, url, key_changed=True)
+                return remote, Event("Normal", "Adopted", f"Took over existing connection {name} ({remote.id}).")
+            marker = PendingCreate(name=name, project_id=res.spec.project_id, started_at=rfc3339(now))
+            status.pending_create = marker
+            await self._status_writer.patch_status(
+                res.namespace, res.name, {"pendingCreate": marker.model_dump(by_alias=True, mode="json")}
+            )
+            remote = await store.create(
+                name=name, description=description, project_id=res.spec.project_id, instance_url=url, api_key=api_key
+            )
+            if recreate:
+                message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
+                return remote, Event("Warning", "DriftRepaired", message)
+            return remote, Event("Normal", "Created", f"Created Infisical connection {name} ({remote.id}).")
+
+        key_changed = self._key_changed(res, api_key, secret_version)
+        plan = plan_update(
+            remote=remote,
+            desired_name=name,
+            desired_description=description,
+            instance_url=url,
+            key_changed=key_changed,
+            recorded_hash=res.status.credentials_hash,
+        )
+        if plan.empty:
+            return remote, None
+        updated = await self._apply(store, remote.id, plan, url, api_key)
+        if plan.drift_repaired:
+            message = "credentialsHash was changed outside the cluster; pushed the Secret's key again."
+            return updated, Event("Warning", "DriftRepaired", message)
+        changed = [label for label, on in _plan_labels(plan) if on]
+        return updated, Event("Normal", "Updated", f"Updated {', '.join(changed)} of connection {updated.id}.")
+
+    async def _update(
+        self, res: Resource, store: ConnectionStore, remote: AppConnection, api_key: str, url: str, *, key_changed: bool
+    ) -> AppConnection:
+        plan = plan_update(
+            remote=remote,
+            desired_name=res.connection_name,
+            desired_description=res.spec.description,
+            instance_url=url,
+            key_changed=key_changed,
+            recorded_hash=None,
+        )
+        return await self._apply(store, remote.id, plan, url, api_key) if not plan.empty else remote
+
+    @staticmethod
+    async def _apply(
+        store: ConnectionStore, connection_id: str, plan: PatchPlan, url: str, api_key: str
+    ) -> AppConnection:
+        kwargs: dict[str, Any] = {}
+        if plan.name is not None:
+            kwargs["name"] = plan.name
+        if plan.description_changed:
+            kwargs["description"] = plan.description
+        if plan.push_credentials:
+            kwargs["credentials"] = (url, api_key)
+        return await store.update(connection_id, **kwargs)
+
+    async def _find_pending(self, res: Resource, store: ConnectionStore, marker: PendingCreate) -> AppConnection | None:
+        found = await store.get_by_name(marker.name, project_id=marker.project_id)
+        started = parse_time(marker.started_at)
+        created = parse_time(found.created_at) if found else None
+        if found is None or started is None or created is None or created < started - PENDING_CREATE_SKEW:
+            return None
+        return found
+
+    def _finish(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        now: datetime,
+        *,
+        synced: tuple[ConditionStatus, str, str],
+        error: errors.OctoconnError | None = None,
+    ) -> Outcome:
+        state, reason, message = synced
+        status.conditions = set_condition(
+            status.conditions,
+            type_=SYNCED,
+            status=state,
+            reason=reason,
+            message=message,
+            generation=res.generation,
+            now=now,
+        )
+        status.conditions = summarize_ready(status.conditions, generation=res.generation, now=now)
+        return Outcome(status=status, events=transition_events(res.status, status), error=error)
+
+
+_TRANSIENT = (errors.Retry.BACKOFF, errors.Retry.RATE_LIMITED)
+_PAUSED_MESSAGE = (
+    'Paused by the annotation octoconn.dev/paused="true": no calls to Octopus or Infisical. Remove it to resume.'
+)
+
+
+def _plan_labels(plan: PatchPlan) -> list[tuple[str, bool]]:
+    return [
+        ("name", plan.name is not None),
+        ("description", plan.description_changed),
+        ("credentials", plan.push_credentials),
+    ]

@@ -1,0 +1,195 @@
+"""Long-lived parts of a running operator, built once at start-up and shared by every resource.
+
+One Octopus client, one Infisical client for the operator's identity (so one cached token and one write pace
+for all resources), a small pool of clients for per-resource identities, the Kubernetes client, and the
+reconciler. ``handlers`` keeps a ``Runtime`` in Kopf's memo; this module knows nothing about Kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from octoconn import errors
+from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
+from octoconn.kube import KubeClient
+from octoconn.octopus import OctopusClient
+from octoconn.pacing import WritePacer
+from octoconn.reconcile import (
+    ConnectionReconciler,
+    ConnectionStore,
+    Event,
+    Outcome,
+    Resource,
+    jittered,
+    retry_delay,
+)
+from octoconn.settings import Settings
+
+_MAX_TENANT_CLIENTS = 64
+
+EventSink = Callable[[Event], None]
+
+
+class StorePool:
+    """The ``StoreFactory`` port: the operator's Infisical client plus per-resource identity clients (LRU)."""
+
+    def __init__(self, settings: Settings, default: InfisicalClient, pacer: WritePacer) -> None:
+        self._settings = settings
+        self._default = default
+        self._pacer = pacer
+        self._tenants: OrderedDict[tuple[str, str, str], InfisicalClient] = OrderedDict()
+        self._retired: list[InfisicalClient] = []
+
+    def default(self) -> ConnectionStore:
+        return self._default
+
+    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> ConnectionStore:
+        host = (host_url or self._settings.infisical_url).rstrip("/")
+        # The secret is part of the key so a rotated client secret gets a fresh login; only a digest is kept.
+        key = (host, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
+        found = self._tenants.get(key)
+        if found is not None:
+            self._tenants.move_to_end(key)
+            return found
+        created = InfisicalClient(
+            base_url=host,
+            auth=UniversalAuth(client_id=client_id, client_secret=client_secret),
+            pacer=self._pacer,
+            timeout=self._settings.infisical_timeout_seconds,
+        )
+        self._tenants[key] = created
+        if len(self._tenants) > _MAX_TENANT_CLIENTS:
+            _, evicted = self._tenants.popitem(last=False)
+            self._retired.append(evicted)  # closed at shutdown: a reconcile may still be using it
+        return created
+
+    async def aclose(self) -> None:
+        for store in [self._default, *self._tenants.values(), *self._retired]:
+            await store.aclose()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    kube: KubeClient
+    octopus: OctopusClient
+    stores: StorePool
+    reconciler: ConnectionReconciler
+    kicks: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, kube: KubeClient) -> Runtime:
+        pacer = WritePacer(per_minute=settings.infisical_writes_per_minute)
+        octopus = OctopusClient(
+            timeout=settings.octopus_timeout_seconds,
+            allow_http=settings.allow_http,
+            ca_bundle=str(settings.octopus_ca_bundle) if settings.octopus_ca_bundle else None,
+            verify_tls=not settings.octopus_insecure_skip_verify,
+        )
+        default = InfisicalClient(
+            base_url=settings.infisical_url,
+            auth=_operator_auth(settings, kube),
+            pacer=pacer,
+            timeout=settings.infisical_timeout_seconds,
+        )
+        stores = StorePool(settings, default, pacer)
+        reconciler = ConnectionReconciler(secrets=kube, octopus=octopus, stores=stores, status_writer=kube)
+        return cls(settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler)
+
+    def kick(self, namespace: str, name: str) -> None:
+        """Wake the resource's loop now (spec, annotation or Secret change)."""
+        self.kicks.setdefault((namespace, name), asyncio.Event()).set()
+
+    async def run_once(self, res: Resource, emit: EventSink) -> Outcome:
+        """One reconcile pass: decide, write status, emit Events. Never raises for domain errors."""
+        outcome = await self.reconciler.reconcile(res)
+        await self.kube.patch_status(res.namespace, res.name, outcome.status.to_patch())
+        for event in outcome.events:
+            emit(event)
+        return outcome
+
+    async def loop(
+        self,
+        body_reader: Callable[[], dict[str, Any]],
+        emit: EventSink,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
+        """Reconcile now, then again on every kick, after a failure's retry delay, or at the jittered interval."""
+        first = Resource.from_body(body_reader())
+        key = (first.namespace, first.name)
+        kick = self.kicks.setdefault(key, asyncio.Event())
+        failures = 0
+        try:
+            while True:
+                kick.clear()
+                res = Resource.from_body(body_reader())
+                outcome = await self._guarded(res, emit, logger)
+                delay = self._next_delay(outcome, failures + 1)
+                failures = failures + 1 if outcome is None or outcome.error is not None else 0
+                logger.debug("next reconcile in %.0fs unless woken", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(kick.wait(), timeout=delay)
+        finally:
+            self.kicks.pop(key, None)
+
+    async def _guarded(
+        self, res: Resource, emit: EventSink, logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> Outcome | None:
+        try:
+            outcome = await self.run_once(res, emit)
+        except Exception as exc:  # a bug or a Kubernetes API failure must not kill the resource's loop
+            logger.error("reconcile failed unexpectedly: %s: %s", type(exc).__name__, exc)
+            return None
+        if outcome.error is not None:
+            logger.warning("%s: %s", outcome.error.reason, outcome.error.message)
+        else:
+            logger.info("reconciled: %s", _ready_summary(outcome))
+        return outcome
+
+    def _next_delay(self, outcome: Outcome | None, attempt: int) -> float:
+        s = self.settings
+        if outcome is None:
+            error: errors.OctoconnError = errors.OctoconnError("unexpected failure")
+        elif outcome.error is not None:
+            error = outcome.error
+        else:
+            return jittered(s.resync_interval_seconds)
+        return retry_delay(
+            error,
+            attempt=attempt,
+            backoff_cap=s.retry_backoff_cap_seconds,
+            auth_retry=s.auth_retry_seconds,
+            wait_for_change=s.resync_interval_seconds,
+        )
+
+    async def aclose(self) -> None:
+        await self.octopus.aclose()
+        await self.stores.aclose()
+        self.kube.close()
+
+
+def _ready_summary(outcome: Outcome) -> str:
+    ready = outcome.status.condition("Ready")
+    return f"Ready={ready.status} ({ready.reason})" if ready else "no Ready condition"
+
+
+def _operator_auth(settings: Settings, kube: KubeClient) -> UniversalAuth | KubernetesAuth:
+    if settings.auth_method == "kubernetes":
+        namespace, name = settings.service_account_ref()
+        assert settings.kubernetes_identity_id is not None
+
+        def token_source() -> Awaitable[str]:
+            return kube.service_account_token(
+                namespace, name, audience=settings.token_audience, ttl_seconds=settings.token_ttl_seconds
+            )
+
+        return KubernetesAuth(identity_id=settings.kubernetes_identity_id, token_source=token_source)
+    client_id, client_secret = settings.universal_credentials()
+    return UniversalAuth(client_id=client_id, client_secret=client_secret)
