@@ -1,0 +1,44 @@
+# octoconn — common tasks. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+UV ?= uv
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-unit test-cluster lint fmt crds cluster demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+setup: ## install Debian packages, uv, Python deps and the Go-built test binaries (idempotent)
+	@bash hack/setup.sh
+
+test: setup ## run every test tier (unit, contract, test servers, cluster, packaging)
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-unit: ## fast tiers only: no control plane
+	$(UV) run --frozen pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: setup ## the cluster tier only (real kube-apiserver + etcd)
+	$(UV) run --frozen pytest -m cluster $(PYTEST_ARGS)
+
+lint: ## ruff, formatting and mypy --strict
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy
+
+fmt: ## format and auto-fix
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+crds: ## regenerate crds/ and the chart's copy from operator/octoconn/models.py
+	$(UV) run --frozen python -m octoconn.crd > crds/octoconn.dev_octopusdeployconnections.yaml
+	@if [ -d helm/octoconn/crds ]; then cp crds/octoconn.dev_octopusdeployconnections.yaml helm/octoconn/crds/; fi
+
+cluster: setup ## start a local control plane (etcd + kube-apiserver) and print its KUBECONFIG; Ctrl-C stops it
+	$(UV) run --frozen python -m tests.envtest
+
+demo: setup ## the operator's main job end to end on a local control plane and test servers
+	$(UV) run --frozen python hack/demo.py
+
+clean: ## remove local state (not the binary cache)
+	rm -rf .cluster .pytest_cache .mypy_cache .ruff_cache
