@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# octoconn operator image: build a virtualenv from uv.lock in one stage, copy only that into a clean runtime stage.
+#   docker build -t octoconn:dev .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+# uv comes from PyPI, so the build needs no registry besides the Python base image's and PyPI. Pinned to the
+# version the lock file was written with.
+RUN pip install --no-cache-dir uv==0.13.9
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON=/usr/local/bin/python3 \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /src
+# Dependencies first, in their own layer: it is rebuilt only when the lock file changes, not on every code edit.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY operator ./operator
+# --no-editable installs octoconn into the virtualenv itself, so the runtime stage needs no source tree.
+RUN uv sync --frozen --no-dev --no-editable
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="octoconn" \
+      org.opencontainers.image.description="Registers Octopus Deploy API keys held in Kubernetes Secrets as Infisical App Connections" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# A fixed, unprivileged uid/gid (65532, the distroless "nonroot" convention) so that the chart's runAsUser,
+# runAsNonRoot and fsGroup line up with the image.
+RUN groupadd --system --gid 65532 octoconn \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin octoconn
+# Same path as in the build stage: the virtualenv's scripts carry its absolute path in their shebang lines.
+COPY --from=build /app/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 65532:65532
+# Kopf's liveness endpoint (see CMD).
+EXPOSE 8080
+ENTRYPOINT ["octoconn"]
+CMD ["run", "--standalone", "--liveness", "http://0.0.0.0:8080/healthz"]
