@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace) -> int:
         quiet=settings.log_level in ("WARNING", "ERROR"),
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
-    namespaces = args.namespace or settings.namespaces
+    # Flags win over OCTOCONN_NAMESPACES; --all-namespaces also overrides a namespace list set in the environment.
+    namespaces = [] if args.all_namespaces else (args.namespace or settings.namespaces)
     asyncio.run(
         kopf.operator(
             standalone=args.standalone,
