@@ -1,0 +1,416 @@
+"""Talks to Octopus Deploy: proves that an API key works and says who it belongs to.
+
+The operator must tell users precisely why a key fails — wrong key, missing permission, wrong URL, untrusted
+certificate, server down — because each one needs a different fix and a different retry pace. So this module turns
+every way a request to Octopus can end into one of the typed errors in ``octoconn.errors``. It never lets the key
+leave through anything but the ``X-Octopus-ApiKey`` header of a request to the configured server: not the query
+string, not a redirect target, not a message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import ssl
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from octoconn import __version__, errors
+from octoconn.pacing import parse_retry_after
+
+log = logging.getLogger(__name__)
+
+API_KEY_PATTERN = re.compile(r"^API-[A-Z0-9]+$")
+_HINT_LENGTH = 8  # Octopus keeps the first 8 characters of a key ("API-ABCD") as its hint
+_MAX_URL_LENGTH = 255  # Infisical stores instanceUrl in a 255-character column and refuses longer ones
+_HOST_PATTERN = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$")
+_DEFAULT_RATE_LIMIT_WAIT = 60.0  # Octopus limits per minute; without Retry-After, one window is the safe wait
+
+
+def normalize_instance_url(raw: str) -> str:
+    """Return the Octopus base URL (``scheme://host[:port][/prefix]``) for what a user pasted.
+
+    Users paste the portal address (``https://host/app#/Spaces-1/...``), the API root (``.../api/``) or the base
+    with a trailing slash; Infisical appends ``/api/users/me`` to exactly what it is given, so only the bare base
+    works there. A path prefix (``https://host/octopus``) is kept. The raw input is never echoed in the error,
+    because a pasted URL can carry a key in its query string or a password in its userinfo.
+    """
+    text = raw.strip()
+    example = "e.g. https://example.octopus.app or https://octopus.example.com/prefix"
+    if not text:
+        raise errors.InvalidInstanceUrl(f"instanceUrl is empty: set it to the Octopus server's base URL, {example}")
+    if "://" not in text:
+        raise errors.InvalidInstanceUrl(f"instanceUrl has no scheme: write it as an http(s) URL, {example}")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise errors.InvalidInstanceUrl(
+            f"instanceUrl is not a valid URL (check the host and port): use the server's base URL, {example}"
+        ) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = f" '{scheme}'" if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else ""
+        raise errors.InvalidInstanceUrl(
+            f"instanceUrl must use https (or http where allowed), not the scheme{shown}: {example}"
+        )
+    if "@" in parts.netloc:
+        raise errors.InvalidInstanceUrl(
+            "instanceUrl must not contain a user name or password (user:pass@host): Octopus authenticates with the "
+            "API key from the Secret; remove the userinfo part"
+        )
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise errors.InvalidInstanceUrl(f"instanceUrl has no host name: {example}")
+    if ":" in host:  # an IPv6 literal; urlsplit has already checked the brackets
+        netloc_host = f"[{host}]"
+    elif _HOST_PATTERN.match(host):
+        netloc_host = host
+    else:
+        raise errors.InvalidInstanceUrl(
+            "instanceUrl's host name contains characters that are not allowed (spaces, or non-ASCII: use the "
+            f"punycode xn-- form): {example}"
+        )
+    netloc = netloc_host if port is None else f"{netloc_host}:{port}"
+
+    # Everything from a "/api" or "/app" segment on is an API route or a portal page, never part of the base.
+    segments = parts.path.split("/")
+    for index, segment in enumerate(segments):
+        if segment.lower() in ("api", "app"):
+            segments = segments[:index]
+            break
+    path = "/".join(segments).rstrip("/")
+    url = f"{scheme}://{netloc}{path}"
+    if len(url) > _MAX_URL_LENGTH:
+        raise errors.InvalidInstanceUrl(
+            f"instanceUrl is longer than {_MAX_URL_LENGTH} characters once normalised, which Infisical does not "
+            "accept: use the server's base URL"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class OctopusIdentity:
+    """Who an API key belongs to, as Octopus reported it."""
+
+    user_id: str
+    username: str
+    display_name: str | None
+    is_service: bool
+    server_version: str | None
+    key_expires_at: datetime | None
+
+
+class OctopusClient:
+    """Verifies Octopus API keys against any number of Octopus servers over one long-lived connection pool.
+
+    It never retries: the caller's backoff policy owns the pace, and a retry here would hide it. It never follows
+    redirects, because the key would travel with the request to wherever the redirect points.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        allow_http: bool = False,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        verify_tls: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``ca_bundle``: a PEM file path, or PEM text (a ConfigMap value), trusted in addition to the default CAs."""
+        self._timeout = timeout
+        self._allow_http = allow_http
+        self._has_ca_bundle = ca_bundle is not None
+        verify: ssl.SSLContext | bool
+        if not verify_tls:
+            verify = False
+        elif ca_bundle is not None:
+            verify = _ssl_context(ca_bundle)
+        else:
+            verify = True
+        self._http = httpx.AsyncClient(
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def verify(self, instance_url: str, api_key: str) -> OctopusIdentity:
+        """Check ``api_key`` against ``GET {base}/api/users/me`` and return whom it belongs to.
+
+        Surrounding whitespace in the key is ignored (a Secret made with ``echo`` or ``--from-file`` often ends in a
+        newline). Raises a subclass of ``errors.OctoconnError`` for every failure.
+        """
+        base = normalize_instance_url(instance_url)
+        if base.startswith("http://") and not self._allow_http:
+            raise errors.InsecureInstanceUrl(
+                f"instanceUrl {base} uses plain http, which would send the API key unencrypted: use https, or allow "
+                "http in the operator's settings if this network is trusted"
+            )
+        key = api_key.strip()
+        _check_key_shape(key)
+
+        response = await self._send(base, "/api/users/me", key=key)
+        status = response.status_code
+        if status == 200:
+            user = _json_object(response)
+            if user is not None and isinstance(user.get("Id"), str) and user["Id"]:
+                return await self._identity(base, key, user)
+            await self._raise_not_octopus_or(base, "answered /api/users/me with a 200 that is not an Octopus user")
+        if 300 <= status < 400:
+            raise self._redirected(base, response)
+        detail = _octopus_message(response)
+        if status == 401:
+            raise errors.InvalidApiKey(
+                f"Octopus at {base} refused the API key (HTTP 401{detail}): it is wrong, revoked or expired. "
+                "Create a new API key in Octopus and put it in the referenced Secret"
+            )
+        if status == 403:
+            raise errors.OctopusPermissionDenied(
+                f"Octopus at {base} accepted the API key but denied access to its user (HTTP 403{detail}): check that "
+                "the user or service account is active and allowed to use the API"
+            )
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if retry_after is None:
+                retry_after = _DEFAULT_RATE_LIMIT_WAIT
+            raise errors.OctopusRateLimited(
+                f"Octopus at {base} is rate limiting this operator (HTTP 429): it asked to wait {retry_after:g} s",
+                retry_after=retry_after,
+            )
+        if status == 503:
+            raise errors.OctopusUnreachable(
+                f"Octopus at {base} is unavailable (HTTP 503{detail}): it may be starting or under maintenance"
+            )
+        if status >= 500:
+            raise errors.OctopusUnreachable(f"Octopus at {base} failed with HTTP {status}{detail}")
+        await self._raise_not_octopus_or(base, f"answered /api/users/me with HTTP {status}{detail}")
+
+    # --- requests ---------------------------------------------------------------------------------------------------
+    async def _send(
+        self, base: str, path: str, *, key: str | None, params: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """One GET; transport failures become typed errors. Without ``key`` the request is anonymous."""
+        headers = {"X-Octopus-ApiKey": key} if key is not None else None
+        url = base + path
+        try:
+            response = await self._http.get(url, headers=headers, params=params)
+        except httpx.TimeoutException as exc:
+            raise errors.OctopusUnreachable(
+                f"Octopus at {base} did not answer within {self._timeout:g} s ({_describe(exc)})"
+            ) from None
+        except httpx.TransportError as exc:
+            tls = _ssl_error(exc)
+            if tls is not None:
+                hint = (
+                    "check that the CA bundle configured for the operator contains the CA that signed it"
+                    if self._has_ca_bundle
+                    else "if it uses a private or self-signed CA, give the operator that CA as a CA bundle"
+                )
+                raise errors.OctopusTLSError(
+                    f"The TLS certificate of Octopus at {base} could not be verified ({_scrub(str(tls), key)}): {hint}"
+                ) from None
+            raise errors.OctopusUnreachable(
+                f"Could not reach Octopus at {base} ({_scrub(_describe(exc), key)})"
+            ) from None
+        log.debug("GET %s -> %s", url, response.status_code)
+        return response
+
+    async def _identity(self, base: str, key: str, user: dict[str, Any]) -> OctopusIdentity:
+        # Both extras are cheap and optional: run them side by side and never let them fail a verification.
+        server_version, expires = await asyncio.gather(
+            self._server_version(base), self._key_expiry(base, key, str(user["Id"]))
+        )
+        display_name = user.get("DisplayName")
+        return OctopusIdentity(
+            user_id=str(user["Id"]),
+            username=str(user.get("Username") or ""),
+            display_name=display_name if isinstance(display_name, str) and display_name else None,
+            is_service=user.get("IsService") is True,
+            server_version=server_version,
+            key_expires_at=expires,
+        )
+
+    async def _root_document(self, base: str) -> tuple[int, dict[str, Any] | None]:
+        """The anonymous ``/api`` root: (status, JSON object or None). May raise transport errors."""
+        response = await self._send(base, "/api", key=None)
+        return response.status_code, _json_object(response) if response.status_code == 200 else None
+
+    async def _server_version(self, base: str) -> str | None:
+        try:
+            _, root = await self._root_document(base)
+        except errors.OctoconnError:
+            return None
+        version = root.get("Version") if root is not None and _is_octopus_root(root) else None
+        return version if isinstance(version, str) and version else None
+
+    async def _key_expiry(self, base: str, key: str, user_id: str) -> datetime | None:
+        """Best effort: Octopus never says which key is in use, so match the key's hint among the user's keys.
+
+        The URL is built from the verified base rather than from the user's ``ApiKeys`` link: a path-rewriting proxy
+        can make the server's own links miss the prefix, and a link could point at another origin, where the key
+        must not go.
+        """
+        try:
+            response = await self._send(
+                base, f"/api/users/{quote(user_id, safe='')}/apikeys", key=key, params={"take": "100"}
+            )
+            page = _json_object(response) if response.status_code == 200 else None
+            items = page.get("Items") if page is not None else None
+            if not isinstance(items, list):
+                return None
+            hint = key[:_HINT_LENGTH]
+            matches = [
+                item
+                for item in items
+                if isinstance(item, dict)
+                and isinstance(item.get("ApiKey"), dict)
+                and item["ApiKey"].get("Hint") == hint
+            ]
+            if len(matches) != 1:
+                return None
+            return _parse_datetime(matches[0].get("Expires"))
+        except Exception:  # the expiry is a courtesy: verification has already succeeded
+            log.debug("could not read the API key expiry from %s", base)
+            return None
+
+    async def _raise_not_octopus_or(self, base: str, what: str) -> NoReturn:
+        """``/api/users/me`` gave an answer Octopus would not give: ask the anonymous root whether this is Octopus."""
+        status, root = await self._root_document(base)
+        if root is not None and _is_octopus_root(root):
+            raise errors.OctopusUnexpectedResponse(
+                f"Octopus at {base} {what}; its /api root looks like Octopus {root.get('Version') or ''}. A proxy in "
+                "front of it may be rewriting paths: check instanceUrl and the proxy"
+            )
+        if root is not None and root.get("Application") == "Octopus Deploy":
+            raise errors.NotAnOctopusServer(
+                f"The server at {base} is Octopus Deploy with API version {root.get('ApiVersion')!r}, which octoconn "
+                "does not support (it needs API version 3.x)"
+            )
+        if status >= 500:
+            raise errors.OctopusUnreachable(f"The server at {base} {what}, and its /api root failed with HTTP {status}")
+        raise errors.NotAnOctopusServer(
+            f"The server at {base} is not an Octopus Deploy server: it {what}, and its /api root (HTTP {status}) is "
+            "not an Octopus API root document. Set instanceUrl to the Octopus base URL (the address of the portal "
+            "without /app...)"
+        )
+
+    def _redirected(self, base: str, response: httpx.Response) -> errors.OctopusRedirected:
+        location = response.headers.get("location")
+        if not location:
+            return errors.OctopusRedirected(
+                f"Octopus at {base} answered with a redirect (HTTP {response.status_code}) without a target; the API "
+                "key was not sent on. Set instanceUrl to the server's final address"
+            )
+        target = urljoin(str(response.request.url), location)
+        suggestion = ""
+        with contextlib.suppress(errors.InvalidInstanceUrl):
+            suggestion = f" (probably {normalize_instance_url(target)})"
+        shown = target.split("?", 1)[0].split("#", 1)[0]  # a query string could carry anything; the path suffices
+        return errors.OctopusRedirected(
+            f"Octopus at {base} redirected to {shown} (HTTP {response.status_code}); the API key was not sent there. "
+            f"Set instanceUrl to the server's final address{suggestion}"
+        )
+
+
+# --- helpers --------------------------------------------------------------------------------------------------------
+def _check_key_shape(key: str) -> None:
+    """Refuse values that cannot be Octopus keys before sending them anywhere, and say why without echoing them."""
+    if API_KEY_PATTERN.match(key):
+        return
+    if not key:
+        why = "it is empty"
+    elif not key.startswith("API-"):
+        why = "it does not start with 'API-'"
+    elif len(key) == len("API-"):
+        why = "nothing follows 'API-'"
+    else:
+        why = "after 'API-' it contains characters other than uppercase letters and digits"
+    raise errors.MalformedApiKey(
+        f"The Secret's value is not an Octopus API key: {why}. An Octopus key looks like 'API-' followed by uppercase "
+        "letters and digits; copy the whole key from Octopus (Profile > My API Keys) into the Secret"
+    )
+
+
+def _ssl_context(ca_bundle: str | os.PathLike[str]) -> ssl.SSLContext:
+    """The default trust store plus the operator's bundle: Octopus Cloud must keep working when a private CA is set."""
+    context = httpx.create_ssl_context()
+    if isinstance(ca_bundle, str) and "-----BEGIN" in ca_bundle:
+        context.load_verify_locations(cadata=ca_bundle)
+    else:
+        context.load_verify_locations(cafile=os.fspath(ca_bundle))
+    return context
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _scrub(text: str, key: str | None) -> str:
+    return text.replace(key, "***") if key else text
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _octopus_message(response: httpx.Response) -> str:
+    """``": <ErrorMessage>"`` from an Octopus error body, or "" (Octopus error messages carry no secrets)."""
+    body = _json_object(response)
+    message = body.get("ErrorMessage") if body is not None else None
+    if not isinstance(message, str) or not message.strip():
+        return ""
+    message = " ".join(message.split())[:300].rstrip(".")
+    return f": {message}"
+
+
+def _is_octopus_root(root: dict[str, Any]) -> bool:
+    api_version = root.get("ApiVersion")
+    if not (isinstance(api_version, str) and api_version.startswith("3.")):
+        return False
+    if root.get("Application") == "Octopus Deploy":
+        return True
+    installation_id = root.get("InstallationId")
+    try:
+        uuid.UUID(str(installation_id))
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_datetime(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
