@@ -1,0 +1,229 @@
+"""The reconciler with the real clients against the Octopus and Infisical test servers.
+
+Only the Kubernetes side is in memory here (a dict of Secrets and a list of status patches); the cluster tier runs
+the same code against a real API server. These tests cover what is awkward to force in a cluster: a crash between
+Infisical's POST and the status write, and an operator restart that must not re-push unchanged credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+
+from octoconn.infisical import InfisicalClient, UniversalAuth
+from octoconn.models import OctopusDeployConnectionStatus
+from octoconn.octopus import OctopusClient
+from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Resource, SecretData
+from tests.servers.infisical import InfisicalServer
+from tests.servers.octopus import OctopusServer
+
+
+class MemorySecrets:
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], SecretData] = {}
+        self._version = 100
+
+    def put(self, name: str, data: dict[str, str], namespace: str = "team") -> str:
+        self._version += 1
+        self.secrets[(namespace, name)] = SecretData(resource_version=str(self._version), data=data)
+        return str(self._version)
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        return self.secrets.get((namespace, name))
+
+
+class MemoryStatus:
+    def __init__(self) -> None:
+        self.patches: list[Mapping[str, Any]] = []
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.patches.append(dict(status))
+
+
+class Stores:
+    def __init__(self, store: InfisicalClient) -> None:
+        self.store = store
+
+    def default(self) -> ConnectionStore:
+        return self.store
+
+    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> ConnectionStore:
+        raise AssertionError("not used here")
+
+
+@pytest.fixture
+async def infisical_client(infisical: InfisicalServer) -> AsyncIterator[InfisicalClient]:
+    client = InfisicalClient(
+        base_url=infisical.url,
+        auth=UniversalAuth(client_id=infisical.client_id, client_secret=infisical.client_secret),  # type: ignore[attr-defined]
+    )
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def octopus_client() -> AsyncIterator[OctopusClient]:
+    client = OctopusClient(allow_http=True)
+    yield client
+    await client.aclose()
+
+
+def make_reconciler(
+    secrets: MemorySecrets, octopus_client: OctopusClient, store: InfisicalClient, status: MemoryStatus
+) -> ConnectionReconciler:
+    return ConnectionReconciler(secrets=secrets, octopus=octopus_client, stores=Stores(store), status_writer=status)
+
+
+def resource(octopus: OctopusServer, status: OctopusDeployConnectionStatus | None = None, **spec: Any) -> Resource:
+    body = {
+        "metadata": {"name": "prod", "namespace": "team", "uid": "uid-1", "generation": 1},
+        "spec": {"instanceUrl": octopus.url, "apiKeySecretRef": {"name": "key"}, **spec},
+        "status": (status or OctopusDeployConnectionStatus()).to_patch(),
+    }
+    return Resource.from_body(body)
+
+
+def creates(infisical: InfisicalServer) -> list[Any]:
+    return [r for r in infisical.state.requests if r.method == "POST" and r.path.endswith("/octopus-deploy")]
+
+
+def credential_patches(infisical: InfisicalServer) -> list[Any]:
+    return [r for r in infisical.state.requests if r.method == "PATCH" and "credentials" in (r.json or {})]
+
+
+async def test_crash_between_post_and_status_write_adopts_instead_of_duplicating(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets, status_sink = MemorySecrets(), MemoryStatus()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, status_sink)
+
+    first = await reconciler.reconcile(resource(octopus))
+    assert first.error is None
+    assert len(creates(infisical)) == 1
+    # The marker reached Kubernetes before the POST; the final status "was lost" in the crash.
+    assert status_sink.patches[0]["pendingCreate"]["name"] == "prod"
+    after_crash = OctopusDeployConnectionStatus.model_validate(
+        {"pendingCreate": status_sink.patches[0]["pendingCreate"]}
+    )
+
+    restarted = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    second = await restarted.reconcile(resource(octopus, after_crash))
+    assert second.error is None
+    assert second.status.id == first.status.id
+    assert second.status.pending_create is None
+    assert len(creates(infisical)) == 1
+    assert [c["name"] for c in infisical.state.connections()] == ["prod"]
+    assert any(e.reason == "Adopted" for e in second.events)
+
+
+async def test_marker_without_a_connection_creates_it(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    marker = OctopusDeployConnectionStatus.model_validate(
+        {"pendingCreate": {"name": "prod", "startedAt": "2026-01-01T00:00:00Z"}}
+    )
+    outcome = await reconciler.reconcile(resource(octopus, marker))
+    assert outcome.error is None
+    assert len(creates(infisical)) == 1
+
+
+async def test_restart_does_not_repush_unchanged_credentials(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    first = await make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus()).reconcile(
+        resource(octopus)
+    )
+    restarted = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    second = await restarted.reconcile(resource(octopus, first.status))
+    assert second.error is None
+    assert second.status.credentials_hash == first.status.credentials_hash
+    assert credential_patches(infisical) == []
+
+
+async def test_unrelated_secret_edit_does_not_push_credentials(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    key = octopus.state.issue_key()
+    secrets.put("key", {"apiKey": key})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    first = await reconciler.reconcile(resource(octopus))
+
+    secrets.put("key", {"apiKey": key, "note": "a label or another key changed"})
+    second = await reconciler.reconcile(resource(octopus, first.status))
+    assert second.status.secret_resource_version != first.status.secret_resource_version
+    assert second.status.credentials_hash == first.status.credentials_hash
+    assert credential_patches(infisical) == []
+
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    third = await reconciler.reconcile(resource(octopus, second.status))
+    assert third.status.credentials_hash != second.status.credentials_hash
+    assert len(credential_patches(infisical)) == 1
+
+
+async def test_invalid_key_never_reaches_infisical(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": "API-THISKEYDOESNOTEXIST0000"})
+    outcome = await make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus()).reconcile(
+        resource(octopus)
+    )
+    assert outcome.error is not None
+    assert outcome.error.reason == "InvalidApiKey"
+    assert outcome.status.condition("CredentialsVerified").status == "False"  # type: ignore[union-attr]
+    assert outcome.status.condition("Ready").reason == "InvalidApiKey"  # type: ignore[union-attr]
+    assert [r for r in infisical.state.requests if "app-connections" in r.path] == []
+
+
+async def test_infisical_refusal_is_reported_with_its_message(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    outcome = await make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus()).reconcile(
+        resource(octopus, projectId="no-such-project")
+    )
+    assert outcome.error is not None
+    assert outcome.error.reason == "InfisicalRejected"
+    synced = outcome.status.condition("Synced")
+    assert synced is not None
+    assert synced.status == "False"
+    assert "Could not find project" in synced.message
+    assert outcome.status.pending_create is None  # a definite refusal created nothing
+
+
+async def test_finalize_deletes_and_tolerates_already_gone(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    created = await reconciler.reconcile(resource(octopus))
+    res = resource(octopus, created.status)
+
+    events = await reconciler.finalize(res)
+    assert [e.reason for e in events] == ["Deleted"]
+    assert infisical.state.connections() == []
+    again = await reconciler.finalize(res)
+    assert [e.reason for e in again] == ["AlreadyGone"]
+
+
+async def test_finalize_orphan_keeps_the_connection(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    created = await reconciler.reconcile(resource(octopus, deletionPolicy="Orphan"))
+    events = await reconciler.finalize(resource(octopus, created.status, deletionPolicy="Orphan"))
+    assert [e.reason for e in events] == ["Orphaned"]
+    assert len(infisical.state.connections()) == 1
