@@ -49,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf  # imported here so `octoconn check`/`version` start fast
 
     from octoconn import handlers  # noqa: F401 - registers the handlers with Kopf
+    from octoconn.logs import tame_noisy_loggers
     from octoconn.settings import SettingsError
 
     try:
@@ -63,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         quiet=settings.log_level in ("WARNING", "ERROR"),
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
+    tame_noisy_loggers(debug=args.verbose or settings.log_level == "DEBUG")
     # Flags win over OCTOCONN_NAMESPACES; --all-namespaces also overrides a namespace list set in the environment.
     namespaces = [] if args.all_namespaces else (args.namespace or settings.namespaces)
     asyncio.run(

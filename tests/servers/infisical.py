@@ -906,6 +906,7 @@ class InfisicalState:
         self.octopus_ca_pem: str | None = None  # extra CA trusted for Octopus HTTPS (NODE_EXTRA_CA_CERTS)
         self._identities: dict[str, _Identity] = {}
         self._tokens: dict[str, _Token] = {}
+        self._issued_token_values: list[str] = []
         self._lockouts: dict[str, _Lockout] = {}
         self._projects: dict[str, _Project] = {}
         self._connections: dict[str, _Connection] = {}
@@ -984,7 +985,14 @@ class InfisicalState:
             "iat": int(token.created_at),
             **extra_claims,
         }
-        return self._sign(claims)
+        signed = self._sign(claims)
+        self._issued_token_values.append(signed)
+        return signed
+
+    def issued_access_tokens(self) -> list[str]:
+        """Every access token handed out so far, so leak tests can search logs and objects for them."""
+        with self._lock:
+            return list(self._issued_token_values)
 
     def expire_tokens(self) -> None:
         """Make every access token issued so far expired (renewal is refused too)."""
