@@ -59,7 +59,8 @@ Each behaviour on the page and the test in tests/servers/test_octopus_server.py 
 |                                                    | test_rate_limit_fault                                           |
 | Fixtures and standalone CLI                        | test_fixture_octopus_is_plain_http_without_prefix,              |
 |                                                    | test_cli_prints_url_and_key_and_answers,                        |
-|                                                    | test_cli_seed_key_prefix_and_tls                                |
+|                                                    | test_cli_seed_key_prefix_and_tls,                               |
+|                                                    | test_cli_seed_key_is_repeatable                                 |
 +----------------------------------------------------+-----------------------------------------------------------------+
 
 Where things live, in request order: ``_front_door`` (record, latency, faults, redirect mode, JSON 404/405),
@@ -82,7 +83,8 @@ Choices where the page is silent or says (unverified) — each is a single const
 - Faults answer before routing and auth (like a proxy or a limiter in front of Octopus) and queue first-in first-out.
 - Only the routes above exist; links such as a user's ``Self`` point to routes this double does not serve (404).
 
-Run it by hand: ``uv run python -m tests.servers.octopus --port 8065 [--prefix /octopus] [--tls]``.
+Run it by hand: ``uv run python -m tests.servers.octopus --port 8065 [--prefix /octopus] [--tls]``; ``--seed-key``
+(repeatable) registers keys you choose instead of printing a generated one.
 """
 
 from __future__ import annotations
@@ -875,7 +877,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 = any free port (the chosen one is printed)")
     parser.add_argument("--prefix", default="", help="virtual directory, e.g. /octopus")
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway CA (its file is printed)")
-    parser.add_argument("--seed-key", help="register this API key for Users-1 instead of generating one")
+    parser.add_argument(
+        "--seed-key",
+        action="append",
+        default=[],
+        help="register this API key for Users-1 instead of generating one (repeatable: several valid keys)",
+    )
     parser.add_argument("--redirect-to", help="answer every request with a redirect to this base URL")
     parser.add_argument("--redirect-status", type=int, default=301, choices=[301, 302, 307, 308])
     args = parser.parse_args(argv)
@@ -887,15 +894,18 @@ def main(argv: list[str] | None = None) -> int:
         redirect_status=args.redirect_status,
         port=args.port,
     )
-    key = server.state.issue_key(value=args.seed_key, purpose="standalone")
+    # Each seeded key is a separate valid key of Users-1, so a caller can rotate from the first to the second.
+    keys = [server.state.issue_key(value=seed, purpose="standalone") for seed in args.seed_key]
+    if not keys:
+        keys.append(server.state.issue_key(purpose="standalone"))
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server, tempfile.TemporaryDirectory() as directory:
         print(f"octopus test server listening on {server.url}", flush=True)
-        if args.seed_key is None:
+        if not args.seed_key:
             # The one place a key is printed: a fake key for trying the double by hand.
-            print(f"api-key: {key}", flush=True)
+            print(f"api-key: {keys[0]}", flush=True)
         if server.ca_pem is not None:
             ca_file = Path(directory, "octopus-ca.pem")
             ca_file.write_text(server.ca_pem)

@@ -731,3 +731,22 @@ def test_cli_seed_key_prefix_and_tls() -> None:
     while not cli.lines.empty():
         cli.seen.append(cli.lines.get_nowait())
     assert not [line for line in cli.seen if line.startswith("api-key:")]  # a seeded key is never printed
+
+
+def test_cli_seed_key_is_repeatable() -> None:
+    first, second = "API-FIRSTFIRSTFIRSTFIRSTFIRST", "API-SECONDSECONDSECONDSECOND"
+    cli = _Cli("--port", "0", "--seed-key", first, "--seed-key", second)
+    try:
+        url = cli.wait_for("octopus test server listening on")
+
+        for key in (first, second):  # both keys are valid at once, as during a rotation
+            response = httpx.get(url + "/api/users/me", headers={"X-Octopus-ApiKey": key}, timeout=10)
+            assert response.status_code == 200
+            assert response.json()["Id"] == "Users-1"
+        listed = httpx.get(url + "/api/users/Users-1/apikeys", headers={"X-Octopus-ApiKey": first}, timeout=10)
+        assert [item["ApiKey"]["Hint"] for item in listed.json()["Items"]] == [second[:8], first[:8]]
+    finally:
+        assert cli.stop() == 0
+    while not cli.lines.empty():
+        cli.seen.append(cli.lines.get_nowait())
+    assert not [line for line in cli.seen if line.startswith("api-key:")]  # seeded keys are never printed
