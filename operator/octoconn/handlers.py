@@ -48,9 +48,11 @@ async def close_clients(memo: Any, **_: Any) -> None:
 
 
 @kopf.daemon(*ODC, id="reconcile", cancellation_timeout=10)
-async def reconcile_loop(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def reconcile_loop(
+    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     runtime: Runtime = memo.runtime
-    await runtime.loop(lambda: dict(body), _emitter(body), logger)
+    await runtime.loop(lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
 
 
 @kopf.on.update(*ODC, id="wake-on-change")

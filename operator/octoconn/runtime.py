@@ -8,7 +8,6 @@ reconciler. ``handlers`` keeps a ``Runtime`` in Kopf's memo; this module knows n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
@@ -120,23 +119,30 @@ class Runtime:
         body_reader: Callable[[], dict[str, Any]],
         emit: EventSink,
         logger: logging.Logger | logging.LoggerAdapter[Any],
+        stopped: Callable[[], Awaitable[object]],
     ) -> None:
-        """Reconcile now, then again on every kick, after a failure's retry delay, or at the jittered interval."""
+        """Reconcile now, then again on every kick, after a failure's retry delay, or at the jittered interval.
+
+        Returns when ``stopped()`` resolves (the resource is being deleted, or the operator is exiting), so Kopf
+        never has to cancel the loop in the middle of a call.
+        """
         first = Resource.from_body(body_reader())
         key = (first.namespace, first.name)
         kick = self.kicks.setdefault(key, asyncio.Event())
+        stopping = asyncio.ensure_future(stopped())
         failures = 0
         try:
-            while True:
+            while not stopping.done():
                 kick.clear()
-                res = Resource.from_body(body_reader())
-                outcome = await self._guarded(res, emit, logger)
+                outcome = await self._guarded(Resource.from_body(body_reader()), emit, logger)
                 delay = self._next_delay(outcome, failures + 1)
                 failures = failures + 1 if outcome is None or outcome.error is not None else 0
                 logger.debug("next reconcile in %.0fs unless woken", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(kick.wait(), timeout=delay)
+                woken = asyncio.ensure_future(kick.wait())
+                await asyncio.wait({woken, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
         finally:
+            stopping.cancel()
             self.kicks.pop(key, None)
 
     async def _guarded(
