@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from octoconn.models import GROUP, PLURAL, VERSION
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.controlplane import ClusterAccess
-from tests.servers.infisical import InfisicalServer
+from tests.servers.infisical import InfisicalServer, KubeApiConfig
 from tests.servers.octopus import OctopusServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +50,16 @@ class Remotes:
 
 
 @pytest.fixture(scope="session")
-def remotes() -> Iterator[Remotes]:
+def remotes(control_plane: ClusterAccess) -> Iterator[Remotes]:
     octopus = OctopusServer().start()
-    infisical = InfisicalServer(allow_internal_ips=True).start()
+    # Kubernetes Auth logins are checked with a real TokenReview against the cluster under test.
+    kube_api = KubeApiConfig(
+        url=control_plane.url,
+        ca_file=control_plane.ca_file,
+        client_cert_file=control_plane.admin_cert_file,
+        client_key_file=control_plane.admin_key_file,
+    )
+    infisical = InfisicalServer(allow_internal_ips=True, kube_api=kube_api).start()
     infisical.state.add_universal_identity(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     try:
         yield Remotes(octopus=octopus, infisical=infisical, issued_secrets=[CLIENT_SECRET])
@@ -92,7 +99,10 @@ def operator(
         "OCTOCONN_AUTH_RETRY_SECONDS": "3",
         "OCTOCONN_LOG_LEVEL": "DEBUG",
     }
-    process = OperatorProcess(kubeconfig=control_plane.kubeconfig, env=env, log_path=log_path).start()
+    # Test namespaces are all named t-*; other namespaces belong to operators that tests start themselves.
+    process = OperatorProcess(
+        kubeconfig=control_plane.kubeconfig, env=env, log_path=log_path, namespaces=["t-*"]
+    ).start()
     try:
         yield process
     finally:
@@ -191,6 +201,16 @@ class Kube:
                 return
             time.sleep(0.25)
         raise AssertionError(f"{name} was not deleted; finalizers: {(self.odc(name) or {}).get('metadata')}")
+
+    def wait_event(self, name: str, reason: str, timeout: float = 20) -> Any:
+        """Events are posted asynchronously (Kopf queues them), so poll for one instead of reading once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events(name) if e.reason == reason]
+            if found:
+                return found[0]
+            time.sleep(0.25)
+        raise AssertionError(f"{name}: no {reason} Event; saw {sorted({e.reason for e in self.events(name)})}")
 
     def events(self, name: str | None = None) -> list[Any]:
         items = self.core.list_namespaced_event(self.namespace).items

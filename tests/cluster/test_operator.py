@@ -51,9 +51,8 @@ def test_create_becomes_ready_with_status_equal_to_infisical(kube: Kube, remotes
     assert status.get("pendingCreate") is None
     for type_ in ("Ready", "CredentialsVerified", "Synced"):
         assert kube.condition("prod-octopus", type_)["status"] == "True"  # type: ignore[index]
-    reasons = {e.reason for e in kube.events("prod-octopus")}
-    assert {"Created", "Available"} <= reasons
-    assert f"{kube.namespace}" not in obj["metadata"].get("finalizers", [])
+    kube.wait_event("prod-octopus", "Created")
+    kube.wait_event("prod-octopus", "Available")
     assert "octoconn.dev/finalizer" in obj["metadata"]["finalizers"]
 
 
@@ -67,8 +66,7 @@ def test_wrong_key_is_reported_and_nothing_is_created(kube: Kube, remotes: Remot
     assert kube.condition("wrong-key", "Ready")["reason"] == "InvalidApiKey"  # type: ignore[index]
     assert remotes.connection_named("wrong-key") is None
     assert obj["status"].get("id") is None
-    warnings = [e for e in kube.events("wrong-key") if e.type == "Warning"]
-    assert any(e.reason == "InvalidApiKey" for e in warnings)
+    assert kube.wait_event("wrong-key", "InvalidApiKey").type == "Warning"
 
 
 def test_missing_secret_then_secret_appears(kube: Kube, remotes: Remotes) -> None:
@@ -199,7 +197,7 @@ def test_connection_deleted_in_infisical_is_recreated(kube: Kube, remotes: Remot
     remotes.infisical.state.delete_connection_out_of_band(first)
     obj = kube.wait_status("recreate-me", lambda s: s.get("id") not in (None, first), "a new id", timeout=30)
     assert remotes.infisical.state.connection(obj["status"]["id"]) is not None
-    assert any(e.reason == "DriftRepaired" for e in kube.events("recreate-me"))
+    assert kube.wait_event("recreate-me", "DriftRepaired").type == "Warning"
 
 
 def test_credentials_rewritten_in_infisical_are_repaired(kube: Kube, remotes: Remotes) -> None:
@@ -213,7 +211,7 @@ def test_credentials_rewritten_in_infisical_are_repaired(kube: Kube, remotes: Re
         "drift", lambda s: s.get("credentialsHash") not in (status["credentialsHash"], tampered), "the repair", 30
     )
     assert remotes.infisical.state.connection(status["id"])["credentialsHash"] == obj["status"]["credentialsHash"]  # type: ignore[index]
-    assert any(e.reason == "DriftRepaired" for e in kube.events("drift"))
+    assert kube.wait_event("drift", "DriftRepaired").type == "Warning"
 
 
 def test_name_taken_by_someone_else_is_a_conflict(kube: Kube, remotes: Remotes) -> None:
