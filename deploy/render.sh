@@ -24,7 +24,7 @@ metadata:
 YAML
 {
   echo "$header"
-  # An explicit Kubernetes version (the chart's minimum): a helm built without version ldflags assumes 1.20 and
-  # refuses the chart's kubeVersion constraint. Nothing rendered depends on it.
+  # An explicit Kubernetes version (the chart's minimum), so the output does not depend on which version a helm
+  # build assumes (a helm built without its version ldflags assumes 1.20). Nothing rendered depends on it.
   "$HELM" template octoconn "$chart" --namespace "$namespace" --kube-version 1.29.0
 } > "$out/10-octoconn.yaml"

@@ -19,8 +19,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
@@ -137,7 +139,10 @@ def build_kubernetes(paths: Binaries) -> None:
         _build(src, mains[1], paths.kubectl, ldflags)
 
 
-def _build_plain(name: str, module: str, version: str, package: str, out: Path, ldflags: str) -> None:
+def _build_plain(
+    name: str, module: str, version: str, package: str, out: Path, ldflags: Callable[[dict[str, Any]], str]
+) -> None:
+    """Build ``package`` from ``module@version``; ``ldflags`` is computed from the module's own go.mod."""
     if out.exists():
         return
     work = cache_dir() / "src"
@@ -153,7 +158,20 @@ def _build_plain(name: str, module: str, version: str, package: str, out: Path, 
         else:
             replaces[old] = f"{new['Path']} {new.get('Version', '')}".strip()
     src = _wrapper_module(name, module, version, replaces, [package])
-    _build(src, package, out, ldflags)
+    _build(src, package, out, ldflags(gomod))
+
+
+def _helm_ldflags(gomod: dict[str, Any]) -> str:
+    """Stamp helm's version and the Kubernetes version it was built against, as helm's own Makefile does.
+
+    Without the latter, helm assumes Kubernetes 1.20 and refuses charts with a newer ``kubeVersion``.
+    """
+    client_go = next(r["Version"] for r in gomod.get("Require") or [] if r["Path"] == "k8s.io/client-go")
+    minor = client_go.lstrip("v").split(".")[1]
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={minor}"]
+    return " ".join(flags)
 
 
 def ensure_binaries() -> Binaries:
@@ -164,15 +182,10 @@ def ensure_binaries() -> Binaries:
     if shutil.which("go") is None:
         raise RuntimeError("the Go toolchain is required to build the test binaries (go not found on PATH)")
     build_kubernetes(paths)
-    _build_plain("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3", paths.etcd, "-s -w")
     _build_plain(
-        "helm",
-        "helm.sh/helm/v3",
-        HELM_VERSION,
-        "helm.sh/helm/v3/cmd/helm",
-        paths.helm,
-        f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+        "etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3", paths.etcd, lambda _: "-s -w"
     )
+    _build_plain("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", paths.helm, _helm_ldflags)
     return paths
 
 

@@ -30,8 +30,8 @@ RELEASE = "octoconn"
 RELEASE_NAMESPACE = "octoconn-system"
 SECRET_WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
 READ_VERBS = {"get", "list", "watch"}
-# The chart's minimum. A helm built from Go modules without Helm's version ldflags assumes Kubernetes 1.20 and would
-# refuse the chart's kubeVersion constraint; official builds assume a recent one. Nothing rendered depends on it.
+# The chart's minimum, pinned so renders do not depend on which Kubernetes version a helm build assumes (ours is
+# stamped with helm's client-go version, as official builds are). Nothing rendered depends on it.
 KUBE_VERSION = "1.29.0"
 
 

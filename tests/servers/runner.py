@@ -49,9 +49,8 @@ class ServerThread:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # With port=0 the OS picked the port; the runner knows what it bound.
+        self.port = int(self._runner.addresses[0][1])
 
     def stop(self) -> None:
         if not self._thread.is_alive():
