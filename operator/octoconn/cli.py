@@ -9,7 +9,6 @@ from pathlib import Path
 
 from octoconn import __version__, errors
 from octoconn.octopus import OctopusClient
-from octoconn.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,13 +49,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from octoconn import handlers  # noqa: F401 - registers the handlers with Kopf
     from octoconn.logs import tame_noisy_loggers
-    from octoconn.settings import SettingsError
+    from octoconn.settings import SettingsError, load_settings
 
     try:
-        settings = Settings()
+        settings = load_settings()
         if settings.auth_method == "universal":
             settings.universal_credentials()
-    except (ValueError, SettingsError) as exc:
+    except SettingsError as exc:
         print(f"octoconn: invalid settings: {exc}", file=sys.stderr)
         return 2
     kopf.configure(

@@ -20,7 +20,7 @@ from octoconn.kube import KubeClient, load_api_client
 from octoconn.models import GROUP, PLURAL, VERSION
 from octoconn.reconcile import Event, Resource, retry_delay
 from octoconn.runtime import Runtime
-from octoconn.settings import Settings
+from octoconn.settings import load_settings
 
 FINALIZER = f"{GROUP}/finalizer"
 ODC = (GROUP, VERSION, PLURAL)
@@ -28,7 +28,7 @@ ODC = (GROUP, VERSION, PLURAL)
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    config = Settings()
+    config = load_settings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

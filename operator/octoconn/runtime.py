@@ -82,6 +82,8 @@ class Runtime:
     stores: StorePool
     reconciler: ConnectionReconciler
     kicks: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    # Bounds how many resources reconcile at once (OCTOCONN_MAX_WORKERS); created lazily inside the event loop.
+    _slots: asyncio.Semaphore | None = None
 
     @classmethod
     def build(cls, settings: Settings, kube: KubeClient) -> Runtime:
@@ -108,8 +110,11 @@ class Runtime:
 
     async def run_once(self, res: Resource, emit: EventSink) -> Outcome:
         """One reconcile pass: decide, write status, emit Events. Never raises for domain errors."""
-        outcome = await self.reconciler.reconcile(res)
-        await self.kube.patch_status(res.namespace, res.name, outcome.status.to_patch())
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.max_workers)
+        async with self._slots:
+            outcome = await self.reconciler.reconcile(res)
+            await self.kube.patch_status(res.namespace, res.name, outcome.status.to_patch())
         for event in outcome.events:
             emit(event)
         return outcome

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -97,6 +97,23 @@ class Settings(BaseSettings):
         assert self.service_account is not None
         namespace, _, name = self.service_account.partition("/")
         return namespace, name
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment; raise SettingsError naming each bad variable.
+
+    pydantic's own message echoes the input values, which may include a client secret, so it is rebuilt here from
+    the variable names and the reasons only.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            variable = "OCTOCONN_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else ""
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{variable}: {message}" if variable else message)
+        raise SettingsError("; ".join(problems)) from None
 
 
 def _read(path: Path | None, value: SecretStr | None, variable: str) -> str:
