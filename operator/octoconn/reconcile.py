@@ -369,7 +369,6 @@ class ConnectionReconciler:
             now=now,
         )
 
-        events: list[Event] = []
         try:
             store = await self._store_for(res)
             remote, action = await self._sync(res, status, store, api_key, secret_version, url, now)
@@ -389,12 +388,11 @@ class ConnectionReconciler:
         status.secret_resource_version = secret_version
         status.last_synced_time = rfc3339(now)
         status.pending_create = None
-        if action is not None:
-            events.append(action)
         reason = action.reason if action is not None and action.reason == "DriftRepaired" else "UpToDate"
         message = action.message if action is not None else f"Infisical connection {remote.name} ({remote.id}) matches."
         outcome = self._finish(res, status, now, synced=("True", reason, message))
-        outcome.events[:0] = events
+        if action is not None:
+            outcome.events.insert(0, action)
         return outcome
 
     async def finalize(self, res: Resource) -> list[Event]:
@@ -407,8 +405,9 @@ class ConnectionReconciler:
         store = await self._store_for(res)
         connection_id = res.status.id
         if connection_id is None and res.status.pending_create is not None:
-            found = await self._find_pending(res, store, res.status.pending_create)
-            connection_id = found.id if found else None
+            marker = res.status.pending_create
+            ours, _ = await self._lookup(store, marker, name=marker.name, project_id=marker.project_id)
+            connection_id = ours.id if ours else None
         self.forget(res.uid)
         if connection_id is None:
             return [Event("Normal", "NothingToDelete", "No Infisical connection was ever recorded for this resource.")]
@@ -478,15 +477,14 @@ class ConnectionReconciler:
         if res.status.id:
             remote = await store.get(res.status.id)
             recreate = remote is None
-        elif res.status.pending_create is not None:
-            remote = await self._find_pending(res, store, res.status.pending_create)
-            if remote is not None:
-                status.pending_create = None
-                remote = await self._update(res, store, remote, api_key, url, key_changed=True)
-                return remote, Event("Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try.")
 
         if remote is None:
-            existing = await store.get_by_name(name, project_id=res.spec.project_id)
+            marker = None if recreate else res.status.pending_create
+            ours, existing = await self._lookup(store, marker, name=name, project_id=res.spec.project_id)
+            if ours is not None:
+                status.pending_create = None
+                remote = await self._update(res, store, ours, api_key, url, key_changed=True)
+                return remote, Event("Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try.")
             if existing is not None:
                 if not res.adopt_existing:
                     raise errors.NameConflict(
@@ -496,10 +494,12 @@ class ConnectionReconciler:
                     )
                 remote = await self._update(res, store, existing, api_key, url, key_changed=True)
                 return remote, Event("Normal", "Adopted", f"Took over existing connection {name} ({remote.id}).")
-            marker = PendingCreate(name=name, project_id=res.spec.project_id, started_at=rfc3339(now))
-            status.pending_create = marker
+            pending = PendingCreate(name=name, project_id=res.spec.project_id, started_at=rfc3339(now))
+            status.pending_create = pending
+            # Recorded before the POST: if we crash before the final status write, the retry adopts instead of
+            # creating a second connection.
             await self._status_writer.patch_status(
-                res.namespace, res.name, {"pendingCreate": marker.model_dump(by_alias=True, mode="json")}
+                res.namespace, res.name, {"pendingCreate": pending.model_dump(by_alias=True, mode="json")}
             )
             remote = await store.create(
                 name=name, description=description, project_id=res.spec.project_id, instance_url=url, api_key=api_key
@@ -553,13 +553,17 @@ class ConnectionReconciler:
             kwargs["credentials"] = (url, api_key)
         return await store.update(connection_id, **kwargs)
 
-    async def _find_pending(self, res: Resource, store: ConnectionStore, marker: PendingCreate) -> AppConnection | None:
-        found = await store.get_by_name(marker.name, project_id=marker.project_id)
-        started = parse_time(marker.started_at)
-        created = parse_time(found.created_at) if found else None
-        if found is None or started is None or created is None or created < started - PENDING_CREATE_SKEW:
-            return None
-        return found
+    async def _lookup(
+        self, store: ConnectionStore, marker: PendingCreate | None, *, name: str, project_id: str | None
+    ) -> tuple[AppConnection | None, AppConnection | None]:
+        """Find the connection by name: (ours from an interrupted create, or None; anyone's under ``name``)."""
+        if marker is not None:
+            found = await store.get_by_name(marker.name, project_id=marker.project_id)
+            if found is not None and _created_after(found, marker):
+                return found, None
+            if (marker.name, marker.project_id) == (name, project_id):
+                return None, found
+        return None, await store.get_by_name(name, project_id=project_id)
 
     def _finish(
         self,
@@ -588,6 +592,11 @@ _TRANSIENT = (errors.Retry.BACKOFF, errors.Retry.RATE_LIMITED)
 _PAUSED_MESSAGE = (
     'Paused by the annotation octoconn.dev/paused="true": no calls to Octopus or Infisical. Remove it to resume.'
 )
+
+
+def _created_after(connection: AppConnection, marker: PendingCreate) -> bool:
+    started, created = parse_time(marker.started_at), parse_time(connection.created_at)
+    return started is not None and created is not None and created >= started - PENDING_CREATE_SKEW
 
 
 def _plan_labels(plan: PatchPlan) -> list[tuple[str, bool]]:

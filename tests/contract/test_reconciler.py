@@ -227,3 +227,25 @@ async def test_finalize_orphan_keeps_the_connection(
     events = await reconciler.finalize(resource(octopus, created.status, deletionPolicy="Orphan"))
     assert [e.reason for e in events] == ["Orphaned"]
     assert len(infisical.state.connections()) == 1
+
+
+async def test_marker_does_not_adopt_an_older_connection_of_someone_else(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    key = octopus.state.issue_key()
+    other = await infisical_client.create(
+        name="prod", description=None, project_id=None, instance_url=octopus.url, api_key=key
+    )
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": key})
+    # Our create attempt started long after the other connection was made, so that one cannot be ours.
+    marker = OctopusDeployConnectionStatus.model_validate(
+        {"pendingCreate": {"name": "prod", "startedAt": "2999-01-01T00:00:00Z"}}
+    )
+    outcome = await make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus()).reconcile(
+        resource(octopus, marker)
+    )
+    assert outcome.error is not None
+    assert outcome.error.reason == "NameConflict"
+    assert other.id in outcome.error.message
+    assert [c["id"] for c in infisical.state.connections()] == [other.id]
