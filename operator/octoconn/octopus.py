@@ -9,7 +9,6 @@ string, not a redirect target, not a message, a log line or a repr.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -18,7 +17,7 @@ import ssl
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
@@ -150,6 +149,10 @@ class OctopusClient:
     async def verify(self, instance_url: str, api_key: str) -> OctopusIdentity:
         """Check ``api_key`` against ``GET {base}/api/users/me`` and return whom it belongs to.
 
+        The anonymous ``/api`` root is read first: the key is only sent once the URL has proven to be an Octopus
+        server, so a typo in instanceUrl never hands the key to some other service. The root also gives the server
+        version, so a successful verification costs the same number of calls either way.
+
         Surrounding whitespace in the key is ignored (a Secret made with ``echo`` or ``--from-file`` often ends in a
         newline). Raises a subclass of ``errors.OctoconnError`` for every failure.
         """
@@ -162,15 +165,15 @@ class OctopusClient:
         key = api_key.strip()
         _check_key_shape(key)
 
+        root = await self._octopus_root(base)
         response = await self._send(base, "/api/users/me", key=key)
         status = response.status_code
         if status == 200:
             user = _json_object(response)
             if user is not None and isinstance(user.get("Id"), str) and user["Id"]:
-                return await self._identity(base, key, user)
-            await self._raise_not_octopus_or(base, "answered /api/users/me with a 200 that is not an Octopus user")
-        if 300 <= status < 400:
-            raise self._redirected(base, response)
+                return await self._identity(base, key, user, root)
+            raise self._unexpected(base, root, "answered /api/users/me with a 200 that is not an Octopus user")
+        self._raise_for_status(base, response, what="/api/users/me")
         detail = _octopus_message(response)
         if status == 401:
             raise errors.InvalidApiKey(
@@ -182,6 +185,31 @@ class OctopusClient:
                 f"Octopus at {base} accepted the API key but denied access to its user (HTTP 403{detail}): check that "
                 "the user or service account is active and allowed to use the API"
             )
+        raise self._unexpected(base, root, f"answered /api/users/me with HTTP {status}{detail}")
+
+    async def _octopus_root(self, base: str) -> dict[str, Any]:
+        """The anonymous ``/api`` root document, or the error that says why ``base`` is not a usable Octopus."""
+        response = await self._send(base, "/api", key=None)
+        root = _json_object(response) if response.status_code == 200 else None
+        if root is not None and _is_octopus_root(root):
+            return root
+        self._raise_for_status(base, response, what="/api")
+        if root is not None and root.get("Application") == "Octopus Deploy":
+            raise errors.NotAnOctopusServer(
+                f"The server at {base} is Octopus Deploy with API version {root.get('ApiVersion')!r}, which octoconn "
+                "does not support (it needs API version 3.x)"
+            )
+        raise errors.NotAnOctopusServer(
+            f"The server at {base} is not an Octopus Deploy server: its /api root (HTTP {response.status_code}) is "
+            "not an Octopus API root document, so the API key was not sent. Set instanceUrl to the Octopus base URL "
+            "(the address of the portal without /app...)"
+        )
+
+    def _raise_for_status(self, base: str, response: httpx.Response, *, what: str) -> None:
+        """Redirects, rate limits and server errors mean the same on every Octopus route."""
+        status = response.status_code
+        if 300 <= status < 400:
+            raise self._redirected(base, response)
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             if retry_after is None:
@@ -190,13 +218,20 @@ class OctopusClient:
                 f"Octopus at {base} is rate limiting this operator (HTTP 429): it asked to wait {retry_after:g} s",
                 retry_after=retry_after,
             )
+        detail = _octopus_message(response)
         if status == 503:
             raise errors.OctopusUnreachable(
                 f"Octopus at {base} is unavailable (HTTP 503{detail}): it may be starting or under maintenance"
             )
         if status >= 500:
-            raise errors.OctopusUnreachable(f"Octopus at {base} failed with HTTP {status}{detail}")
-        await self._raise_not_octopus_or(base, f"answered /api/users/me with HTTP {status}{detail}")
+            raise errors.OctopusUnreachable(f"Octopus at {base} failed with HTTP {status} on {what}{detail}")
+
+    @staticmethod
+    def _unexpected(base: str, root: dict[str, Any], what: str) -> errors.OctopusUnexpectedResponse:
+        return errors.OctopusUnexpectedResponse(
+            f"Octopus at {base} {what}; its /api root looks like Octopus {root.get('Version') or ''}. A proxy in "
+            "front of it may be rewriting paths: check instanceUrl and the proxy"
+        )
 
     # --- requests ---------------------------------------------------------------------------------------------------
     async def _send(
@@ -228,33 +263,17 @@ class OctopusClient:
         log.debug("GET %s -> %s", url, response.status_code)
         return response
 
-    async def _identity(self, base: str, key: str, user: dict[str, Any]) -> OctopusIdentity:
-        # Both extras are cheap and optional: run them side by side and never let them fail a verification.
-        server_version, expires = await asyncio.gather(
-            self._server_version(base), self._key_expiry(base, key, str(user["Id"]))
-        )
+    async def _identity(self, base: str, key: str, user: dict[str, Any], root: dict[str, Any]) -> OctopusIdentity:
         display_name = user.get("DisplayName")
+        version = root.get("Version")
         return OctopusIdentity(
             user_id=str(user["Id"]),
             username=str(user.get("Username") or ""),
             display_name=display_name if isinstance(display_name, str) and display_name else None,
             is_service=user.get("IsService") is True,
-            server_version=server_version,
-            key_expires_at=expires,
+            server_version=version if isinstance(version, str) and version else None,
+            key_expires_at=await self._key_expiry(base, key, str(user["Id"])),
         )
-
-    async def _root_document(self, base: str) -> tuple[int, dict[str, Any] | None]:
-        """The anonymous ``/api`` root: (status, JSON object or None). May raise transport errors."""
-        response = await self._send(base, "/api", key=None)
-        return response.status_code, _json_object(response) if response.status_code == 200 else None
-
-    async def _server_version(self, base: str) -> str | None:
-        try:
-            _, root = await self._root_document(base)
-        except errors.OctoconnError:
-            return None
-        version = root.get("Version") if root is not None and _is_octopus_root(root) else None
-        return version if isinstance(version, str) and version else None
 
     async def _key_expiry(self, base: str, key: str, user_id: str) -> datetime | None:
         """Best effort: Octopus never says which key is in use, so match the key's hint among the user's keys.
@@ -285,27 +304,6 @@ class OctopusClient:
         except Exception:  # the expiry is a courtesy: verification has already succeeded
             log.debug("could not read the API key expiry from %s", base)
             return None
-
-    async def _raise_not_octopus_or(self, base: str, what: str) -> NoReturn:
-        """``/api/users/me`` gave an answer Octopus would not give: ask the anonymous root whether this is Octopus."""
-        status, root = await self._root_document(base)
-        if root is not None and _is_octopus_root(root):
-            raise errors.OctopusUnexpectedResponse(
-                f"Octopus at {base} {what}; its /api root looks like Octopus {root.get('Version') or ''}. A proxy in "
-                "front of it may be rewriting paths: check instanceUrl and the proxy"
-            )
-        if root is not None and root.get("Application") == "Octopus Deploy":
-            raise errors.NotAnOctopusServer(
-                f"The server at {base} is Octopus Deploy with API version {root.get('ApiVersion')!r}, which octoconn "
-                "does not support (it needs API version 3.x)"
-            )
-        if status >= 500:
-            raise errors.OctopusUnreachable(f"The server at {base} {what}, and its /api root failed with HTTP {status}")
-        raise errors.NotAnOctopusServer(
-            f"The server at {base} is not an Octopus Deploy server: it {what}, and its /api root (HTTP {status}) is "
-            "not an Octopus API root document. Set instanceUrl to the Octopus base URL (the address of the portal "
-            "without /app...)"
-        )
 
     def _redirected(self, base: str, response: httpx.Response) -> errors.OctopusRedirected:
         location = response.headers.get("location")

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from octoconn import errors
 from octoconn.octopus import OctopusClient, OctopusIdentity
+from tests.servers.infisical import InfisicalServer
 from tests.servers.octopus import SERVICE_ACCOUNT_ID, OctopusServer
 from tests.servers.runner import ServerThread
 
@@ -94,11 +95,18 @@ async def test_expiry_unknown_for_an_old_key_without_hint(octopus: OctopusServer
 async def test_expiry_lookup_failure_never_fails_verification(octopus: OctopusServer, client: OctopusClient) -> None:
     key = octopus.state.issue_key()
     octopus.state.faults.error(500, path_suffix="/apikeys")
-    octopus.state.faults.drop(path_suffix="/api")
     identity = await client.verify(octopus.url, key)
     assert identity.user_id == "Users-1"
     assert identity.key_expires_at is None
-    assert identity.server_version is None
+    assert identity.server_version == octopus.version  # read from the anonymous root, before the key was sent
+
+
+async def test_key_is_not_sent_when_the_root_document_fails(octopus: OctopusServer, client: OctopusClient) -> None:
+    key = octopus.state.issue_key()
+    octopus.state.faults.drop(path_suffix="/api")
+    with pytest.raises(errors.OctopusUnreachable):
+        await client.verify(octopus.url, key)
+    assert users_me_requests(octopus) == []
 
 
 async def test_key_travels_only_in_the_octopus_header(octopus: OctopusServer, client: OctopusClient) -> None:
@@ -338,11 +346,13 @@ async def test_redirect_is_not_followed_and_the_target_gets_no_key(
         await client.verify(redirecting.url, key)
 
     message = str(caught.value)
-    assert f"{target.url}/api/users/me" in message
+    assert f"{target.url}/api" in message
     assert f"probably {target.url})" in message  # the instanceUrl to set
     assert "not sent" in message
     assert target.state.requests == []
-    assert [r.path for r in redirecting.state.requests] == ["/api/users/me"]
+    # The redirect shows on the anonymous root, so not even the redirecting server saw the key.
+    assert [r.path for r in redirecting.state.requests] == ["/api"]
+    assert "x-octopus-apikey" not in redirecting.state.requests[0].headers
     assert caught.value.retry is errors.Retry.WAIT_FOR_CHANGE
     assert_key_hidden(caught.value, key)
 
@@ -416,3 +426,16 @@ async def test_not_an_octopus_server(request: pytest.FixtureRequest, client: Oct
     assert "not an Octopus Deploy server" in str(caught.value)
     assert caught.value.retry is errors.Retry.WAIT_FOR_CHANGE
     assert_key_hidden(caught.value, key)
+
+
+async def test_a_service_that_is_not_octopus_never_receives_the_key(
+    infisical: InfisicalServer, client: OctopusClient
+) -> None:
+    key = "API-" + "Z" * 28
+    with pytest.raises(errors.NotAnOctopusServer) as caught:
+        await client.verify(infisical.url, key)
+    assert "the API key was not sent" in str(caught.value)
+    assert infisical.state.requests, "the root document must have been asked for"
+    for request in infisical.state.requests:
+        assert "x-octopus-apikey" not in request.headers
+        assert key not in repr(request)
