@@ -79,6 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resources", type=int, default=100)
     parser.add_argument("--writes-per-minute", type=int, default=6000)
+    parser.add_argument("--reads-per-minute", type=int, default=0, help="0 = unpaced (the operator default is 50)")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
     n = args.resources
@@ -100,6 +101,7 @@ def main() -> int:
             "OCTOCONN_CLIENT_SECRET": "bench-secret-0123456789abcdef",
             "OCTOCONN_ALLOW_HTTP": "true",
             "OCTOCONN_INFISICAL_WRITES_PER_MINUTE": str(args.writes_per_minute),
+            "OCTOCONN_INFISICAL_READS_PER_MINUTE": str(args.reads_per_minute),
         }
         operator = OperatorProcess(kubeconfig=cluster.kubeconfig, env=env, log_path=Path(tmp) / "operator.log")
         operator.start()
@@ -143,6 +145,7 @@ def main() -> int:
     print()
     print(f"resources                      {n}")
     print(f"infisical writes/minute (pace) {args.writes_per_minute}")
+    print(f"infisical reads/minute (pace)  {args.reads_per_minute or 'unpaced'}")
     print(f"submit {n} objects              {submit:7.1f} s")
     print(f"all Ready after                {to_ready:7.1f} s  ({n / to_ready:.1f} resources/s)")
     print(f"rotation reached all after     {to_rotated:7.1f} s")

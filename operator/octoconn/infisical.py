@@ -122,6 +122,7 @@ class InfisicalClient:
         base_url: str,
         auth: UniversalAuth | KubernetesAuth,
         pacer: WritePacer | None = None,
+        read_pacer: WritePacer | None = None,
         timeout: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -132,6 +133,7 @@ class InfisicalClient:
         self.base_url = base
         self._auth = auth
         self._pacer = pacer
+        self._read_pacer = read_pacer  # Infisical Cloud counts reads separately (about 60 a minute per client)
         self._timeout = timeout
         self._clock = clock
         self._token: _Token | None = None
@@ -247,8 +249,9 @@ class InfisicalClient:
         write = method != "GET"
         for attempt in (1, 2):
             token = await self._access_token()
-            if write and self._pacer is not None:
-                await self._pacer.acquire()
+            pacer = self._pacer if write else self._read_pacer
+            if pacer is not None:
+                await pacer.acquire()
             response = await self._send(
                 method,
                 path,
@@ -461,9 +464,10 @@ class InfisicalClient:
         if retry_after is None:
             match = _TRY_AGAIN_IN.search(message)
             retry_after = float(match["seconds"]) if match else _DEFAULT_RATE_LIMIT_WAIT
-        if write and self._pacer is not None:
-            # The write window is full for the whole operator, not only for this resource.
-            self._pacer.penalize(retry_after)
+        pacer = self._pacer if write else self._read_pacer
+        if pacer is not None:
+            # The window is full for the whole operator, not only for this resource.
+            pacer.penalize(retry_after)
         return errors.InfisicalRateLimited(
             f"Infisical is rate limiting this operator (HTTP 429 when trying to {what}): it asked to wait "
             f"{retry_after:g} s{_ref(response)}",

@@ -39,10 +39,13 @@ EventSink = Callable[[Event], None]
 class StorePool:
     """The ``StoreFactory`` port: the operator's Infisical client plus per-resource identity clients (LRU)."""
 
-    def __init__(self, settings: Settings, default: InfisicalClient, pacer: WritePacer) -> None:
+    def __init__(
+        self, settings: Settings, default: InfisicalClient, pacer: WritePacer, read_pacer: WritePacer | None
+    ) -> None:
         self._settings = settings
         self._default = default
         self._pacer = pacer
+        self._read_pacer = read_pacer
         self._tenants: OrderedDict[tuple[str, str, str], InfisicalClient] = OrderedDict()
         self._retired: list[InfisicalClient] = []
 
@@ -61,6 +64,7 @@ class StorePool:
             base_url=host,
             auth=UniversalAuth(client_id=client_id, client_secret=client_secret),
             pacer=self._pacer,
+            read_pacer=self._read_pacer,
             timeout=self._settings.infisical_timeout_seconds,
         )
         self._tenants[key] = created
@@ -88,6 +92,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, kube: KubeClient) -> Runtime:
         pacer = WritePacer(per_minute=settings.infisical_writes_per_minute)
+        reads = settings.infisical_reads_per_minute
+        read_pacer = WritePacer(per_minute=reads) if reads > 0 else None
         octopus = OctopusClient(
             timeout=settings.octopus_timeout_seconds,
             allow_http=settings.allow_http,
@@ -98,9 +104,10 @@ class Runtime:
             base_url=settings.infisical_url,
             auth=_operator_auth(settings, kube),
             pacer=pacer,
+            read_pacer=read_pacer,
             timeout=settings.infisical_timeout_seconds,
         )
-        stores = StorePool(settings, default, pacer)
+        stores = StorePool(settings, default, pacer, read_pacer)
         reconciler = ConnectionReconciler(secrets=kube, octopus=octopus, stores=stores, status_writer=kube)
         return cls(settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler)
 

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     infisical_writes_per_minute: int = Field(
         120, ge=1, description="Shared pace for Infisical writes (logins, creates, updates, deletes)."
     )
+    infisical_reads_per_minute: int = Field(
+        50, ge=0, description="Shared pace for Infisical reads (Cloud allows about 60 a minute); 0 turns it off."
+    )
     retry_backoff_cap_seconds: float = Field(300.0, gt=0, description="Upper bound of the 5xx/network backoff.")
     auth_retry_seconds: float = Field(300.0, gt=0, description="Retry interval after 401/403 from either service.")
 

@@ -98,6 +98,8 @@ def operator(
         "OCTOCONN_RETRY_BACKOFF_CAP_SECONDS": "2",
         "OCTOCONN_AUTH_RETRY_SECONDS": "3",
         "OCTOCONN_LOG_LEVEL": "DEBUG",
+        # The test double has no read limit; pacing reads would only slow the periodic checks down.
+        "OCTOCONN_INFISICAL_READS_PER_MINUTE": "0",
     }
     # Test namespaces are all named t-*; other namespaces belong to operators that tests start themselves.
     process = OperatorProcess(

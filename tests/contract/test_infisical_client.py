@@ -395,6 +395,32 @@ async def test_read_rate_limit(infisical: InfisicalServer, octopus: OctopusServe
     assert pacer.paused_for == 0  # a full read window says nothing about writes
 
 
+async def test_reads_go_through_the_read_pacer_and_a_read_429_pauses_readers(
+    infisical: InfisicalServer, octopus: OctopusServer, make_client: ClientFactory
+) -> None:
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:  # the pacer's sleep: recorded, not slept
+        waits.append(seconds)
+
+    writes = WritePacer(per_minute=6000, burst=100)
+    reads = WritePacer(per_minute=60, burst=1, sleep=record)
+    client = make_client(pacer=writes, read_pacer=reads)
+    created = await create(client, octopus)
+    for _ in range(3):
+        await client.get(created.id)
+    # One read a second and the sleeps are not real: the second read waits ~1 s, the third ~2 s.
+    assert len(waits) == 2
+    assert 0.5 < waits[0] <= 1.0 < waits[1] <= 2.0
+
+    infisical.state.faults.rate_limit(reads_per_minute=1)
+    await client.get(created.id)
+    with pytest.raises(errors.InfisicalRateLimited):
+        await client.get(created.id)
+    assert reads.paused_for > 0
+    assert writes.paused_for == 0
+
+
 async def test_writes_and_logins_go_through_the_pacer(octopus: OctopusServer, make_client: ClientFactory) -> None:
     class CountingPacer(WritePacer):
         acquired = 0

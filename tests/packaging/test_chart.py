@@ -235,6 +235,7 @@ def test_env_maps_from_values(helm: Helm) -> None:
             "resyncIntervalSeconds": 90,
             "maxWorkers": 7,
             "infisicalWritesPerMinute": 30,
+            "infisicalReadsPerMinute": 0,
             "allowHttp": True,
             "octopus": {"insecureSkipVerify": True, "caBundle": {"configMapName": "octopus-ca", "key": "bundle.pem"}},
             "logFormat": "json",
@@ -251,6 +252,7 @@ def test_env_maps_from_values(helm: Helm) -> None:
         "OCTOCONN_RESYNC_INTERVAL_SECONDS": "90",
         "OCTOCONN_MAX_WORKERS": "7",
         "OCTOCONN_INFISICAL_WRITES_PER_MINUTE": "30",
+        "OCTOCONN_INFISICAL_READS_PER_MINUTE": "0",
         "OCTOCONN_ALLOW_HTTP": "true",
         "OCTOCONN_OCTOPUS_CA_BUNDLE": "/etc/octoconn/octopus-ca/ca.crt",
         "OCTOCONN_OCTOPUS_INSECURE_SKIP_VERIFY": "true",
@@ -280,7 +282,14 @@ def test_env_names_and_values_are_valid_settings(helm: Helm, variant: str) -> No
 
 def test_chart_defaults_match_operator_defaults(helm: Helm) -> None:
     env = helm.render().env
-    for name in ("infisical_url", "resync_interval_seconds", "max_workers", "infisical_writes_per_minute"):
+    names = (
+        "infisical_url",
+        "resync_interval_seconds",
+        "max_workers",
+        "infisical_writes_per_minute",
+        "infisical_reads_per_minute",
+    )
+    for name in names:
         default = Settings.model_fields[name].default
         value = env[f"OCTOCONN_{name.upper()}"]
         assert type(default)(value) == default, f"chart default {value!r} != operator default {default!r} for {name}"
