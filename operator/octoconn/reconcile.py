@@ -319,9 +319,13 @@ class ConnectionReconciler:
         # uid -> digest of the key last pushed. Process memory only: after a restart we fall back to the Secret's
         # resourceVersion, which may push identical credentials once, but never misses a rotation.
         self._pushed_keys: dict[str, str] = {}
+        # uid -> the per-resource identity's store last used. Deleting a namespace deletes the identity Secret
+        # together with the resource; this lets the finalizer still reach Infisical (until a restart).
+        self._tenant_stores: dict[str, ConnectionStore] = {}
 
     def forget(self, uid: str) -> None:
         self._pushed_keys.pop(uid, None)
+        self._tenant_stores.pop(uid, None)
 
     async def reconcile(self, res: Resource) -> Outcome:
         now = self._clock()
@@ -402,7 +406,12 @@ class ConnectionReconciler:
             return [Event("Normal", "Orphaned", f"deletionPolicy is Orphan: Infisical connection {name} was kept.")]
         if res.paused:
             return [Event("Warning", "ReconcilePaused", f"Paused: Infisical connection {name} was left in place.")]
-        store = await self._store_for(res)
+        try:
+            store = await self._store_for(res)
+        except errors.InfisicalCredentialsMissing:
+            if res.uid not in self._tenant_stores:
+                raise
+            store = self._tenant_stores[res.uid]
         connection_id = res.status.id
         if connection_id is None and res.status.pending_create is not None:
             marker = res.status.pending_create
@@ -453,7 +462,9 @@ class ConnectionReconciler:
             raise errors.InfisicalCredentialsMissing(
                 f'Secret {res.namespace}/{ref.name} needs non-empty "{id_key}" and "{secret_key}" keys.'
             )
-        return self._stores.for_identity(host_url=spec.host_url, client_id=client_id, client_secret=client_secret)
+        store = self._stores.for_identity(host_url=spec.host_url, client_id=client_id, client_secret=client_secret)
+        self._tenant_stores[res.uid] = store
+        return store
 
     def _key_changed(self, res: Resource, api_key: str, secret_version: str) -> bool:
         known = self._pushed_keys.get(res.uid)
