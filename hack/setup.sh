@@ -8,7 +8,7 @@ step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
 
 need_apt=()
-for tool in make git curl openssl; do
+for tool in make git; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
