@@ -34,7 +34,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # Our Events are posted on condition transitions (reconcile.transition_events). Kopf would also turn every
+    # INFO log line of an object ("reconciled", "handler succeeded") into an Event; keep only its errors, such as
+    # a finalizer that cannot finish.
+    settings.posting.level = logging.ERROR
     settings.watching.server_timeout = 300
     memo.runtime = Runtime.build(config, KubeClient(load_api_client()))
     logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)

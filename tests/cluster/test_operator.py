@@ -53,6 +53,8 @@ def test_create_becomes_ready_with_status_equal_to_infisical(kube: Kube, remotes
         assert kube.condition("prod-octopus", type_)["status"] == "True"  # type: ignore[index]
     kube.wait_event("prod-octopus", "Created")
     kube.wait_event("prod-octopus", "Available")
+    # Only the story of the resource, not one Event per log line or handler run.
+    assert {e.reason for e in kube.events("prod-octopus")} == {"Created", "Available"}
     assert "octoconn.dev/finalizer" in obj["metadata"]["finalizers"]
 
 
