@@ -18,11 +18,15 @@ import kopf
 from octoconn import errors
 from octoconn.kube import KubeClient, load_api_client
 from octoconn.models import GROUP, PLURAL, VERSION
-from octoconn.reconcile import Event, Resource, retry_delay
+from octoconn.reconcile import Event, Resource
 from octoconn.runtime import Runtime
 from octoconn.settings import load_settings
 
 FINALIZER = f"{GROUP}/finalizer"
+# Kopf ignores every annotation under the prefix of its own storage when it diffs objects, so the bookkeeping
+# lives on a sub-domain: the user-facing octoconn.dev/paused and octoconn.dev/reconcile-requested-at annotations
+# must stay visible to the update handler.
+STORAGE_PREFIX = f"operator.{GROUP}"
 ODC = (GROUP, VERSION, PLURAL)
 
 
@@ -30,9 +34,9 @@ ODC = (GROUP, VERSION, PLURAL)
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     config = load_settings()
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=STORAGE_PREFIX, key="last-handled-configuration"
     )
     # Our Events are posted on condition transitions (reconcile.transition_events). Kopf would also turn every
     # INFO log line of an object ("reconciled", "handler succeeded") into an Event; keep only its errors, such as
@@ -52,9 +56,10 @@ async def close_clients(memo: Any, **_: Any) -> None:
 
 @kopf.daemon(*ODC, id="reconcile", cancellation_timeout=10)
 async def reconcile_loop(
-    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
+    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
     runtime: Runtime = memo.runtime
+    runtime.connection_owners = kwargs["by_connection"]  # the same live index for every resource
     await runtime.loop(lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
 
 
@@ -70,6 +75,12 @@ def by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> di
     return {(namespace, ref): name for ref in refs if ref}
 
 
+@kopf.index(*ODC, id="by_connection")
+def by_connection(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+    connection_id = status.get("id")
+    return {connection_id: f"{namespace}/{name}"} if connection_id else None
+
+
 @kopf.on.event("", "v1", "secrets", id="wake-on-secret")
 def wake_on_secret(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     if type is None:
@@ -80,22 +91,15 @@ def wake_on_secret(type: str, namespace: str | None, name: str, memo: Any, **kwa
 
 
 @kopf.on.delete(*ODC, id="finalize")
-async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
+async def finalize(body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     res = Resource.from_body(body)
+    emit = _emitter(body)
     try:
         events = await runtime.reconciler.finalize(res)
     except errors.OctoconnError as exc:
-        s = runtime.settings
-        delay = retry_delay(
-            exc,
-            attempt=retry + 1,
-            backoff_cap=s.retry_backoff_cap_seconds,
-            auth_retry=s.auth_retry_seconds,
-            wait_for_change=s.auth_retry_seconds,
-        )
-        raise kopf.TemporaryError(f"{exc.reason}: {exc.message} (see docs on deletion to force)", delay=delay) from None
-    emit = _emitter(body)
+        delay = await runtime.report_deletion_blocked(res, exc, emit)
+        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=delay) from None
     for event in events:
         emit(event)
 

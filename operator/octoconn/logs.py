@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 
-_ROUTINE = re.compile(r"^(Indexer|Handler) '(by_secret|wake-on-secret|wake-on-change)' succeeded\.$")
+_ROUTINE = re.compile(r"^(Indexer|Handler) '(by_secret|by_connection|wake-on-secret|wake-on-change)' succeeded\.$")
 
 
 class _RoutineSuccessFilter(logging.Filter):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -226,17 +226,38 @@ def summarize_ready(conditions: list[Condition], *, generation: int, now: dateti
 
 
 def transition_events(before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus) -> list[Event]:
-    """An Event whenever a condition changes status or reason, so `kubectl describe` tells the story."""
-    out: list[Event] = []
-    for cond in after.conditions or []:
-        old = before.condition(cond.type)
-        if old is not None and (old.status, old.reason) == (cond.status, cond.reason):
-            continue
-        if old is None and cond.status == "True" and cond.type != READY:
-            continue  # the Ready event says it all on the first success
-        kind: Literal["Normal", "Warning"] = "Normal" if cond.status == "True" else "Warning"
-        out.append(Event(kind, cond.reason, f"{cond.type}={cond.status}: {cond.message}"))
-    return out
+    """An Event whenever Ready changes status or reason, so `kubectl describe` tells the story.
+
+    Ready carries the cause of the first failing condition, so one Event per change says it all; an Event per
+    condition would repeat the same message two or three times. Actions (Created, Updated, DriftRepaired...)
+    get their own Events from the reconciler.
+    """
+    old, new = before.condition(READY), after.condition(READY)
+    if new is None or (old is not None and (old.status, old.reason) == (new.status, new.reason)):
+        return []
+    kind: Literal["Normal", "Warning"] = "Normal" if new.status == "True" else "Warning"
+    return [Event(kind, new.reason, new.message)]
+
+
+def deletion_blocked(
+    res: Resource, error: errors.OctoconnError, now: datetime
+) -> tuple[OctopusDeployConnectionStatus, list[Event]]:
+    """Status and Event for a deletion that cannot remove the Infisical connection yet (the finalizer stays)."""
+    message = (
+        f"Deleting the Infisical connection failed ({error.reason}): {error.message}. The operator keeps trying; "
+        "to finish the deletion and leave the connection in Infisical, set spec.deletionPolicy to Orphan."
+    )
+    status = res.status.model_copy(deep=True)
+    status.conditions = set_condition(
+        status.conditions,
+        type_=READY,
+        status="False",
+        reason="DeletionBlocked",
+        message=message,
+        generation=res.generation,
+        now=now,
+    )
+    return status, transition_events(res.status, status)
 
 
 def jittered(seconds: float, fraction: float = 0.1) -> float:
@@ -309,8 +330,11 @@ class ConnectionReconciler:
         octopus: Verifier,
         stores: StoreFactory,
         status_writer: StatusWriter,
+        owners_of: Callable[[str], Iterable[str]] = lambda _: (),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``owners_of(connection_id)``: the ``namespace/name`` of every resource that records that connection."""
+        self._owners_of = owners_of
         self._secrets = secrets
         self._octopus = octopus
         self._stores = stores
@@ -377,9 +401,12 @@ class ConnectionReconciler:
             store = await self._store_for(res)
             remote, action = await self._sync(res, status, store, api_key, secret_version, url, now)
         except errors.OctoconnError as exc:
-            if isinstance(exc, errors.InfisicalError) and exc.retry not in _TRANSIENT:
+            transient = exc.retry in _TRANSIENT
+            if isinstance(exc, errors.InfisicalError) and not transient:
                 status.pending_create = None  # a definite refusal: nothing was created
-            return self._finish(res, status, now, synced=("False", exc.reason, exc.message), error=exc)
+            # An outage says nothing about the connection itself, which Infisical still holds: Unknown, not False.
+            state: ConditionStatus = "Unknown" if transient else "False"
+            return self._finish(res, status, now, synced=(state, exc.reason, exc.message), error=exc)
 
         self._pushed_keys[res.uid] = key_digest(api_key)
         status.id = remote.id
@@ -497,6 +524,14 @@ class ConnectionReconciler:
                 remote = await self._update(res, store, ours, api_key, url, key_changed=True)
                 return remote, Event("Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try.")
             if existing is not None:
+                others = sorted(set(self._owners_of(existing.id)) - {f"{res.namespace}/{res.name}"})
+                if others:
+                    # Never take over another resource's connection, whatever the annotation says: two resources
+                    # would overwrite each other's key, and deleting either would delete the other's connection.
+                    raise errors.NameConflict(
+                        f'Infisical connection "{name}" ({existing.id}) is managed by OctopusDeployConnection '
+                        f"{others[0]}. Choose another spec.connectionName."
+                    )
                 if not res.adopt_existing:
                     raise errors.NameConflict(
                         f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +26,15 @@ from octoconn.reconcile import (
     Event,
     Outcome,
     Resource,
+    deletion_blocked,
     jittered,
     retry_delay,
+    utcnow,
 )
 from octoconn.settings import Settings
 
 _MAX_TENANT_CLIENTS = 64
+_MAX_DELETE_RETRY_SECONDS = 30.0
 
 EventSink = Callable[[Event], None]
 
@@ -86,6 +89,8 @@ class Runtime:
     stores: StorePool
     reconciler: ConnectionReconciler
     kicks: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    # connection id -> "namespace/name" of the resources recording it; Kopf's live index, set by the handlers.
+    connection_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     # Bounds how many resources reconcile at once (OCTOCONN_MAX_WORKERS); created lazily inside the event loop.
     _slots: asyncio.Semaphore | None = None
 
@@ -108,8 +113,16 @@ class Runtime:
             timeout=settings.infisical_timeout_seconds,
         )
         stores = StorePool(settings, default, pacer, read_pacer)
-        reconciler = ConnectionReconciler(secrets=kube, octopus=octopus, stores=stores, status_writer=kube)
-        return cls(settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler)
+        runtime: Runtime
+        reconciler = ConnectionReconciler(
+            secrets=kube,
+            octopus=octopus,
+            stores=stores,
+            status_writer=kube,
+            owners_of=lambda connection_id: runtime.connection_owners.get(connection_id, ()),
+        )
+        runtime = cls(settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler)
+        return runtime
 
     def kick(self, namespace: str, name: str) -> None:
         """Wake the resource's loop now (spec, annotation or Secret change)."""
@@ -125,6 +138,24 @@ class Runtime:
         for event in outcome.events:
             emit(event)
         return outcome
+
+    async def report_deletion_blocked(self, res: Resource, error: errors.OctoconnError, emit: EventSink) -> float:
+        """Show a stuck deletion where users look (Ready, Events); return when to try again."""
+        status, events = deletion_blocked(res, error, utcnow())
+        await self.kube.patch_status(res.namespace, res.name, status.to_patch())
+        for event in events:
+            emit(event)
+        s = self.settings
+        delay = retry_delay(
+            error,
+            attempt=1,
+            backoff_cap=s.retry_backoff_cap_seconds,
+            auth_retry=s.auth_retry_seconds,
+            wait_for_change=s.auth_retry_seconds,
+        )
+        # Kopf does not re-run a delayed handler early, so a switch to deletionPolicy: Orphan is only seen at the
+        # next try: keep that wait short.
+        return min(delay, _MAX_DELETE_RETRY_SECONDS)
 
     async def loop(
         self,

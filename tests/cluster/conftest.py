@@ -94,7 +94,9 @@ def operator(
         "OCTOCONN_CLIENT_ID": CLIENT_ID,
         "OCTOCONN_CLIENT_SECRET": CLIENT_SECRET,
         "OCTOCONN_ALLOW_HTTP": "true",
-        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "5",
+        # Long on purpose: every test must reach its state through a watch event (spec, annotation, Secret) or a
+        # retry, never by waiting for the periodic check (tests/cluster/test_periodic.py covers that one).
+        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "3600",
         "OCTOCONN_RETRY_BACKOFF_CAP_SECONDS": "2",
         "OCTOCONN_AUTH_RETRY_SECONDS": "3",
         "OCTOCONN_LOG_LEVEL": "DEBUG",
@@ -109,6 +111,12 @@ def operator(
         yield process
     finally:
         process.stop()
+
+
+def request_reconcile(kube: Kube, name: str) -> None:
+    """What a user does to ask for a re-check now."""
+    stamp = f"{time.time():.6f}"
+    kube.patch_odc(name, {"metadata": {"annotations": {"octoconn.dev/reconcile-requested-at": stamp}}})
 
 
 class Kube:

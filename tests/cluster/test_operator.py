@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import Kube, Remotes
+from tests.cluster.conftest import Kube, Remotes, request_reconcile
 from tests.cluster.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("operator")]
@@ -186,7 +187,7 @@ def test_revoked_key_is_noticed(kube: Kube, remotes: Remotes) -> None:
     ready(kube, "revoked")
 
     remotes.octopus.state.revoke_key(key)
-    kube.patch_odc("revoked", {"metadata": {"annotations": {"octoconn.dev/reconcile-requested-at": "now-1"}}})
+    request_reconcile(kube, "revoked")
     kube.wait_condition("revoked", "CredentialsVerified", "False", "InvalidApiKey", timeout=20)
     assert kube.condition("revoked", "Ready")["status"] == "False"  # type: ignore[index]
 
@@ -197,6 +198,7 @@ def test_connection_deleted_in_infisical_is_recreated(kube: Kube, remotes: Remot
     first = ready(kube, "recreate-me")["status"]["id"]
 
     remotes.infisical.state.delete_connection_out_of_band(first)
+    request_reconcile(kube, "recreate-me")
     obj = kube.wait_status("recreate-me", lambda s: s.get("id") not in (None, first), "a new id", timeout=30)
     assert remotes.infisical.state.connection(obj["status"]["id"]) is not None
     assert kube.wait_event("recreate-me", "DriftRepaired").type == "Warning"
@@ -209,6 +211,7 @@ def test_credentials_rewritten_in_infisical_are_repaired(kube: Kube, remotes: Re
 
     remotes.infisical.state.rewrite_credentials_out_of_band(status["id"])
     tampered = remotes.infisical.state.connection(status["id"])["credentialsHash"]  # type: ignore[index]
+    request_reconcile(kube, "drift")
     obj = kube.wait_status(
         "drift", lambda s: s.get("credentialsHash") not in (status["credentialsHash"], tampered), "the repair", 30
     )
@@ -216,15 +219,54 @@ def test_credentials_rewritten_in_infisical_are_repaired(kube: Kube, remotes: Re
     assert kube.wait_event("drift", "DriftRepaired").type == "Warning"
 
 
-def test_name_taken_by_someone_else_is_a_conflict(kube: Kube, remotes: Remotes) -> None:
+def test_name_managed_by_another_resource_is_never_taken_over(kube: Kube, remotes: Remotes) -> None:
     kube.put_secret("octopus-key", {"apiKey": remotes.new_key()})
     kube.apply_odc("first-owner", spec(remotes, connectionName="contested"))
-    ready(kube, "first-owner")
+    first = ready(kube, "first-owner")["status"]
 
-    kube.apply_odc("second-owner", spec(remotes, connectionName="contested"))
+    # Even with the opt-in annotation: two resources would overwrite each other's key.
+    kube.apply_odc(
+        "second-owner", spec(remotes, connectionName="contested"), annotations={"octoconn.dev/adopt-existing": "true"}
+    )
     kube.wait_condition("second-owner", "Synced", "False", "NameConflict")
-    assert "adopt-existing" in kube.condition("second-owner", "Ready")["message"]  # type: ignore[index]
+    message = kube.condition("second-owner", "Ready")["message"]  # type: ignore[index]
+    assert f"managed by OctopusDeployConnection {kube.namespace}/first-owner" in message
     assert len([c for c in remotes.infisical.state.connections() if c["name"] == "contested"]) == 1
+    assert remotes.infisical.state.connection(first["id"])["credentialsHash"] == first["credentialsHash"]  # type: ignore[index]
+
+
+def test_connection_made_outside_the_cluster_is_adopted_only_on_request(kube: Kube, remotes: Remotes) -> None:
+    import asyncio
+
+    from octoconn.infisical import InfisicalClient, UniversalAuth
+    from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET
+
+    async def create_by_hand() -> str:
+        client = InfisicalClient(
+            base_url=remotes.infisical.url, auth=UniversalAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+        )
+        try:
+            made = await client.create(
+                name="made-by-hand",
+                description=None,
+                project_id=None,
+                instance_url=remotes.octopus_url,
+                api_key=remotes.new_key(),
+            )
+        finally:
+            await client.aclose()
+        return made.id
+
+    existing = asyncio.run(create_by_hand())
+    kube.put_secret("octopus-key", {"apiKey": remotes.new_key()})
+    kube.apply_odc("by-hand", spec(remotes, connectionName="made-by-hand"))
+    kube.wait_condition("by-hand", "Synced", "False", "NameConflict")
+    assert "octoconn.dev/adopt-existing" in kube.condition("by-hand", "Ready")["message"]  # type: ignore[index]
+
+    kube.patch_odc("by-hand", {"metadata": {"annotations": {"octoconn.dev/adopt-existing": "true"}}})
+    obj = ready(kube, "by-hand", timeout=15)  # the annotation alone wakes the resource
+    assert obj["status"]["id"] == existing
+    assert kube.wait_event("by-hand", "Adopted").type == "Normal"
 
 
 def test_paused_resource_makes_no_remote_calls(kube: Kube, remotes: Remotes) -> None:
@@ -234,7 +276,25 @@ def test_paused_resource_makes_no_remote_calls(kube: Kube, remotes: Remotes) -> 
     assert remotes.connection_named("paused") is None
 
     kube.patch_odc("paused", {"metadata": {"annotations": {"octoconn.dev/paused": None}}})
-    ready(kube, "paused")
+    connection_id = ready(kube, "paused", timeout=15)["status"]["id"]
+
+    # Pausing a working resource takes effect at once, and a rotation is then left alone.
+    kube.patch_odc("paused", {"metadata": {"annotations": {"octoconn.dev/paused": "true"}}})
+    kube.wait_condition("paused", "Synced", "False", "ReconcilePaused", timeout=15)
+    hash_before = remotes.infisical.state.connection(connection_id)["credentialsHash"]  # type: ignore[index]
+    kube.put_secret("octopus-key", {"apiKey": remotes.new_key()})
+    time.sleep(3)  # a negative check: give a (wrong) reaction time to happen
+    assert remotes.infisical.state.connection(connection_id)["credentialsHash"] == hash_before  # type: ignore[index]
+
+
+def test_reconcile_requested_at_rechecks_now(kube: Kube, remotes: Remotes) -> None:
+    kube.put_secret("octopus-key", {"apiKey": remotes.new_key()})
+    kube.apply_odc("recheck", spec(remotes))
+    first = ready(kube, "recheck")["status"]["lastVerifiedTime"]
+    time.sleep(1.1)  # lastVerifiedTime has a resolution of one second
+    request_reconcile(kube, "recheck")
+    # The session's periodic interval is an hour: only the annotation can explain a new verification.
+    kube.wait_status("recheck", lambda s: s.get("lastVerifiedTime", first) > first, "a new verification", 15)
 
 
 @pytest.mark.parametrize("policy", ["Delete", "Orphan"])
@@ -251,6 +311,28 @@ def test_delete_honours_policy(kube: Kube, remotes: Remotes, policy: str) -> Non
         assert row is None
     else:
         assert row is not None
+
+
+def test_stuck_deletion_is_visible_and_orphan_releases_it(kube: Kube, remotes: Remotes) -> None:
+    kube.put_secret("octopus-key", {"apiKey": remotes.new_key()})
+    kube.apply_odc("stuck", spec(remotes))
+    connection_id = ready(kube, "stuck")["status"]["id"]
+    remotes.infisical.state.faults.error(
+        503, times=None, path_prefix=f"/api/v1/app-connections/octopus-deploy/{connection_id}"
+    )
+
+    kube.delete_odc("stuck")
+    kube.wait_condition("stuck", "Ready", "False", "DeletionBlocked")
+    message = kube.condition("stuck", "Ready")["message"]  # type: ignore[index]
+    assert "InfisicalUnavailable" in message
+    assert "deletionPolicy to Orphan" in message
+    assert kube.wait_event("stuck", "DeletionBlocked").type == "Warning"
+    assert kube.odc("stuck") is not None  # the finalizer holds it
+
+    kube.patch_odc("stuck", {"spec": {"deletionPolicy": "Orphan"}})
+    kube.wait_gone("stuck", timeout=45)
+    remotes.infisical.state.faults.clear()
+    assert remotes.infisical.state.connection(connection_id) is not None  # left in place, as asked
 
 
 def test_infisical_down_at_create_time_converges(kube: Kube, remotes: Remotes) -> None:

@@ -226,6 +226,26 @@ class TestEvents:
         assert [(e.type, e.reason) for e in first] == [("Normal", "Available")]
         assert transition_events(after, after) == []
 
+        failed = OctopusDeployConnectionStatus(
+            conditions=summarize_ready(
+                set_condition(
+                    after.conditions,
+                    type_=CREDENTIALS_VERIFIED,
+                    status="False",
+                    reason="InvalidApiKey",
+                    message="refused",
+                    generation=1,
+                    now=T1,
+                ),
+                generation=1,
+                now=T1,
+            )
+        )
+        # One Warning for the failure, not one per condition repeating the same message.
+        assert [(e.type, e.reason, e.message) for e in transition_events(after, failed)] == [
+            ("Warning", "InvalidApiKey", "refused")
+        ]
+
 
 class TestResource:
     @pytest.mark.parametrize(("annotation", "paused"), [("true", True), ("True ", True), ("false", False), ("", False)])

@@ -1,0 +1,60 @@
+"""The periodic check on its own: no watch event, no annotation, only the (short) resync interval.
+
+The session's operator checks once an hour, so this test runs an operator of its own with a 3-second interval,
+watching only a namespace that the session's operator does not.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET, Kube, Remotes
+from tests.cluster.operator_process import OperatorProcess
+from tests.envtest.controlplane import ClusterAccess
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def periodic(
+    control_plane: ClusterAccess, crd: str, remotes: Remotes, kube_api: client.ApiClient, tmp_path: Path
+) -> Iterator[Kube]:
+    name = f"periodic-{secrets.token_hex(3)}"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    env = {
+        "OCTOCONN_INFISICAL_URL": remotes.infisical.url,
+        "OCTOCONN_CLIENT_ID": CLIENT_ID,
+        "OCTOCONN_CLIENT_SECRET": CLIENT_SECRET,
+        "OCTOCONN_ALLOW_HTTP": "true",
+        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "3",
+        "OCTOCONN_INFISICAL_READS_PER_MINUTE": "0",
+    }
+    operator = OperatorProcess(
+        kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[name]
+    ).start()
+    try:
+        yield Kube(kube_api, name)
+    finally:
+        operator.stop()
+        core.delete_namespace(name)
+
+
+def test_periodic_check_repairs_and_notices_without_any_trigger(periodic: Kube, remotes: Remotes) -> None:
+    kube = periodic
+    key = remotes.new_key()
+    kube.put_secret("octopus-key", {"apiKey": key})
+    kube.apply_odc("watched", {"instanceUrl": remotes.octopus_url, "apiKeySecretRef": {"name": "octopus-key"}})
+    first = kube.wait_condition("watched", "Ready", "True", "Available")["status"]["id"]
+
+    remotes.infisical.state.delete_connection_out_of_band(first)
+    recreated = kube.wait_status("watched", lambda s: s.get("id") not in (None, first), "a recreated connection", 20)
+    assert remotes.infisical.state.connection(recreated["status"]["id"]) is not None
+
+    remotes.octopus.state.revoke_key(key)
+    kube.wait_condition("watched", "CredentialsVerified", "False", "InvalidApiKey", timeout=20)
