@@ -171,6 +171,13 @@ class OctopusDeployConnectionSpec(_Spec):
                     "connection into a project",
                     ".projectId",
                 ),
+                cel(
+                    "has(self.infisical) == has(oldSelf.infisical) && "
+                    "(!has(self.infisical) || self.infisical == oldSelf.infisical)",
+                    "infisical is immutable: the connection lives with the identity and host that created it; "
+                    "delete and recreate the resource to move it",
+                    ".infisical",
+                ),
             ]
         },
     )

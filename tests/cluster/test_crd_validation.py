@@ -120,3 +120,24 @@ def test_printer_columns_and_short_name(control_plane: ClusterAccess, namespace:
     assert "INSTANCE" in header
     assert "VERIFIED" in header
     assert control_plane.kubectl("get", "octoconn", "-n", namespace).returncode == 0  # category
+
+
+def test_infisical_identity_is_immutable(control_plane: ClusterAccess, namespace: str) -> None:
+    team = {"credentialsSecretRef": {"name": "team-identity"}, "hostUrl": "https://eu.infisical.com"}
+    control_plane.kubectl(
+        "apply", "-f", "-", input=json.dumps(manifest(name="team", namespace=namespace, infisical=team))
+    )
+    moved = {**team, "hostUrl": "https://us.infisical.com"}
+    for changed in (moved, None, {"credentialsSecretRef": {"name": "other-identity"}}):
+        accepted, stderr = dry_run(control_plane, manifest(name="team", namespace=namespace, infisical=changed))
+        assert not accepted
+        assert "infisical is immutable" in stderr
+    accepted, stderr = dry_run(
+        control_plane, manifest(name="team", namespace=namespace, infisical=team, description="x")
+    )
+    assert accepted, stderr
+
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(manifest(name="org", namespace=namespace)))
+    accepted, stderr = dry_run(control_plane, manifest(name="org", namespace=namespace, infisical=team))
+    assert not accepted
+    assert "infisical is immutable" in stderr
