@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
         settings = load_settings()
         if settings.auth_method == "universal":
             settings.universal_credentials()
+        if settings.octopus_ca_bundle is not None:
+            _load_ca_bundle(settings.octopus_ca_bundle, "OCTOCONN_OCTOPUS_CA_BUNDLE")
     except SettingsError as exc:
         print(f"octoconn: invalid settings: {exc}", file=sys.stderr)
         return 2
@@ -62,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         verbose=args.verbose or settings.log_level == "DEBUG",
         quiet=settings.log_level in ("WARNING", "ERROR"),
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+        # Plain lines say which resource they are about ("[namespace/name] ..."); JSON has an "object" field.
+        log_prefix=settings.log_format == "plain",
     )
     tame_noisy_loggers(debug=args.verbose or settings.log_level == "DEBUG")
     # Flags win over OCTOCONN_NAMESPACES; --all-namespaces also overrides a namespace list set in the environment.
@@ -78,10 +83,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _check(args: argparse.Namespace) -> int:
+    from octoconn.settings import SettingsError
+
     try:
-        raw = sys.stdin.read() if str(args.api_key_file) == "-" else args.api_key_file.read_text()
-    except OSError as exc:
-        print(f"cannot read {args.api_key_file}: {exc.strerror}", file=sys.stderr)
+        raw = _read_key(args.api_key_file)
+        if args.ca_bundle is not None:
+            _load_ca_bundle(args.ca_bundle, "--ca-bundle")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        print(f"cannot read {args.api_key_file}: {reason}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     client = OctopusClient(allow_http=args.allow_http, ca_bundle=str(args.ca_bundle) if args.ca_bundle else None)
     try:
@@ -98,6 +111,30 @@ async def _check(args: argparse.Namespace) -> int:
     if identity.key_expires_at:
         print(f"Key expires at {identity.key_expires_at.isoformat()}")
     return 0
+
+
+# An Octopus key is a few dozen characters; anything much longer is the wrong file (or /dev/urandom).
+_MAX_KEY_FILE_BYTES = 4096
+
+
+def _read_key(path: Path) -> str:
+    if str(path) == "-":
+        return sys.stdin.read(_MAX_KEY_FILE_BYTES + 1)[: _MAX_KEY_FILE_BYTES + 1]
+    with path.open("rb") as handle:
+        return handle.read(_MAX_KEY_FILE_BYTES + 1).decode("utf-8")
+
+
+def _load_ca_bundle(path: Path, name: str) -> None:
+    """Fail at start with the setting's name, rather than on the first reconcile with a traceback."""
+    from octoconn.octopus import ssl_context
+    from octoconn.settings import SettingsError
+
+    try:
+        ssl_context(path)
+    except ssl.SSLError:  # before OSError, of which it is a subclass
+        raise SettingsError(f"{name}={path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise SettingsError(f"{name}={path} cannot be read: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

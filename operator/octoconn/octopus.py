@@ -132,7 +132,7 @@ class OctopusClient:
         if not verify_tls:
             verify = False
         elif ca_bundle is not None:
-            verify = _ssl_context(ca_bundle)
+            verify = ssl_context(ca_bundle)
         else:
             verify = True
         self._http = httpx.AsyncClient(
@@ -159,8 +159,8 @@ class OctopusClient:
         base = normalize_instance_url(instance_url)
         if base.startswith("http://") and not self._allow_http:
             raise errors.InsecureInstanceUrl(
-                f"instanceUrl {base} uses plain http, which would send the API key unencrypted: use https, or allow "
-                "http in the operator's settings if this network is trusted"
+                f"instanceUrl {base} uses plain http, which would send the API key unencrypted: use https, or, if this "
+                "network is trusted, allow http (OCTOCONN_ALLOW_HTTP=true; --allow-http for octoconn check)"
             )
         key = api_key.strip()
         _check_key_shape(key)
@@ -248,11 +248,19 @@ class OctopusClient:
             ) from None
         except httpx.TransportError as exc:
             tls = _ssl_error(exc)
+            if tls is not None and "WRONG_VERSION_NUMBER" in str(tls):
+                raise errors.OctopusTLSError(
+                    f"Octopus at {base} does not speak TLS on that port: use its https port, or http:// if the "
+                    "server only serves plain http"
+                ) from None
             if tls is not None:
                 hint = (
-                    "check that the CA bundle configured for the operator contains the CA that signed it"
+                    "check that the configured CA bundle (OCTOCONN_OCTOPUS_CA_BUNDLE; --ca-bundle for octoconn check) "
+                    "contains the CA that signed it"
                     if self._has_ca_bundle
-                    else "if it uses a private or self-signed CA, give the operator that CA as a CA bundle"
+                    else "if it uses a private or self-signed CA, give that CA as a CA bundle "
+                    "(OCTOCONN_OCTOPUS_CA_BUNDLE; --ca-bundle for octoconn check). Infisical checks the key itself "
+                    "too, so it must trust that CA as well"
                 )
                 raise errors.OctopusTLSError(
                     f"The TLS certificate of Octopus at {base} could not be verified ({_scrub(str(tls), key)}): {hint}"
@@ -337,12 +345,12 @@ def _check_key_shape(key: str) -> None:
     else:
         why = "after 'API-' it contains characters other than uppercase letters and digits"
     raise errors.MalformedApiKey(
-        f"The Secret's value is not an Octopus API key: {why}. An Octopus key looks like 'API-' followed by uppercase "
-        "letters and digits; copy the whole key from Octopus (Profile > My API Keys) into the Secret"
+        f"The value given as the API key is not an Octopus API key: {why}. An Octopus key looks like 'API-' followed "
+        "by uppercase letters and digits; copy the whole key from Octopus (Profile > My API Keys)"
     )
 
 
-def _ssl_context(ca_bundle: str | os.PathLike[str]) -> ssl.SSLContext:
+def ssl_context(ca_bundle: str | os.PathLike[str]) -> ssl.SSLContext:
     """The default trust store plus the operator's bundle: Octopus Cloud must keep working when a private CA is set."""
     context = httpx.create_ssl_context()
     if isinstance(ca_bundle, str) and "-----BEGIN" in ca_bundle:

@@ -400,6 +400,14 @@ class ConnectionReconciler:
         try:
             store = await self._store_for(res)
             remote, action = await self._sync(res, status, store, api_key, secret_version, url, now)
+        except errors.InfisicalAuthFailed as exc:
+            message = exc.message
+            if res.spec.infisical is None or res.spec.infisical.credentials_secret_ref is None:
+                # Not something the resource's owner can fix: say whose credentials these are.
+                message = (
+                    f"The operator's own Infisical identity was refused; its administrators must fix it. {message}"
+                )
+            return self._finish(res, status, now, synced=("False", exc.reason, message), error=exc)
         except errors.OctoconnError as exc:
             transient = exc.retry in _TRANSIENT
             if isinstance(exc, errors.InfisicalError) and not transient:
@@ -458,9 +466,14 @@ class ConnectionReconciler:
         ref = res.spec.api_key_secret_ref
         secret = await self._secrets.read_secret(res.namespace, ref.name)
         if secret is None:
+            then = (
+                f"Infisical connection {res.status.id} is kept as it is until the Secret is back"
+                if res.status.id
+                else "the connection is created as soon as it appears"
+            )
             raise errors.SecretNotFound(
                 f"Secret {res.namespace}/{ref.name} was not found. Create it with the Octopus API key under "
-                f'"{ref.data_key()}"; the connection is created as soon as it appears.'
+                f'"{ref.data_key()}"; {then}.'
             )
         api_key = secret.data.get(ref.data_key(), "").strip()
         if not api_key:
@@ -469,7 +482,12 @@ class ConnectionReconciler:
                 f'Secret {res.namespace}/{ref.name} has no non-empty key "{ref.data_key()}" (keys present: {keys}). '
                 "Add the API key there or set spec.apiKeySecretRef.key."
             )
-        identity = await self._octopus.verify(url, api_key)
+        try:
+            identity = await self._octopus.verify(url, api_key)
+        except errors.MalformedApiKey as exc:
+            raise errors.MalformedApiKey(
+                f'Secret {res.namespace}/{ref.name}, key "{ref.data_key()}": {exc.message}'
+            ) from None
         return api_key, secret.resource_version, identity, url
 
     async def _store_for(self, res: Resource) -> ConnectionStore:

@@ -99,3 +99,42 @@ def test_settings_errors_name_the_variable_and_never_echo_a_secret() -> None:
     assert result.returncode == 2
     assert "OCTOCONN_MAX_WORKERS" in result.stderr
     assert secret not in result.stdout + result.stderr
+
+
+def test_run_checks_the_ca_bundle_at_start(tmp_path: Path) -> None:
+    base = {"OCTOCONN_CLIENT_ID": "id", "OCTOCONN_CLIENT_SECRET": "secret"}
+    result = octoconn("run", env={**base, "OCTOCONN_OCTOPUS_CA_BUNDLE": str(tmp_path / "missing.pem")})
+    assert result.returncode == 2
+    assert "OCTOCONN_OCTOPUS_CA_BUNDLE" in result.stderr
+    assert "cannot be read" in result.stderr
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    result = octoconn("run", env={**base, "OCTOCONN_OCTOPUS_CA_BUNDLE": str(garbage)})
+    assert result.returncode == 2
+    assert "holds no PEM certificate" in result.stderr
+
+
+def test_check_with_a_tls_octopus_and_its_ca(tmp_path: Path) -> None:
+    with OctopusServer(tls=True) as server:
+        assert server.ca_pem is not None
+        ca = tmp_path / "ca.pem"
+        ca.write_text(server.ca_pem)
+        key_file = tmp_path / "key"
+        key_file.write_text(server.state.issue_key())
+        refused = octoconn("check", "--instance-url", server.url, "--api-key-file", str(key_file))
+        assert refused.returncode == 1
+        assert "OctopusTLSError" in refused.stderr
+        assert "--ca-bundle" in refused.stderr
+        accepted = octoconn(
+            "check", "--instance-url", server.url, "--api-key-file", str(key_file), "--ca-bundle", str(ca)
+        )
+        assert accepted.returncode == 0, accepted.stderr
+
+
+def test_check_refuses_a_huge_key_file_quickly(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"A" * 10_000_000)
+    result = octoconn("check", "--instance-url", "https://x.example", "--api-key-file", str(big))
+    assert result.returncode == 1
+    assert "MalformedApiKey" in result.stderr
+    assert "AAAAAAAA" not in result.stderr
