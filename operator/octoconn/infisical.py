@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from octoconn import __version__, errors
+from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import WritePacer, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ _TOKEN_REFRESH_FRACTION = 0.7
 # Infisical locks an identity out for 5 minutes after 3 failed logins, and a lockout also refuses the RIGHT secret.
 # Hundreds of resources retrying on their own would trip it at once, so a refused login is remembered this long.
 _LOGIN_FAILURE_HOLD = 60.0
-_MIN_SCRUBBED_LENGTH = 6
 
 
 class _Unset(enum.Enum):
@@ -289,13 +289,13 @@ class InfisicalClient:
             ) from None
         except httpx.TransportError as exc:
             raise errors.InfisicalUnavailable(
-                f"Could not reach Infisical at {self.base_url} to {what} ({_describe(exc)})"
+                f"Could not reach Infisical at {self.base_url} to {what} ({describe(exc)})"
             ) from None
         log.debug("%s %s -> %s %s", method, path, response.status_code, _req_id(response) or "")
         return response
 
     def _connection(self, response: httpx.Response, *, what: str) -> AppConnection:
-        body = _json_object(response)
+        body = json_object(response)
         data = body.get("appConnection") if body is not None else None
         try:
             if not isinstance(data, dict):
@@ -366,7 +366,7 @@ class InfisicalClient:
         response = await self._send("POST", path, json=body, what=f"log in ({who})")
         if not response.is_success:
             raise self._login_error(response, who=who, secrets=secrets)
-        data = _json_object(response)
+        data = json_object(response)
         access_token = data.get("accessToken") if data is not None else None
         if not isinstance(access_token, str) or not access_token:
             raise errors.InfisicalUnavailable(
@@ -383,7 +383,7 @@ class InfisicalClient:
 
     def _login_error(self, response: httpx.Response, *, who: str, secrets: tuple[str, ...]) -> errors.InfisicalError:
         status = response.status_code
-        message = _scrub(_message(response), secrets)
+        message = scrub(_message(response), secrets)
         ref = _ref(response)
         if status == 429:
             return self._rate_limited(response, what=f"log in ({who})", message=message, write=True)
@@ -411,7 +411,7 @@ class InfisicalClient:
         self, response: httpx.Response, *, what: str, write: bool, secrets: tuple[str, ...]
     ) -> errors.InfisicalError:
         status = response.status_code
-        message = _scrub(_message(response), secrets)
+        message = scrub(_message(response), secrets)
         ref = _ref(response)
         if status in (400, 422):
             duplicate = _DUPLICATE_NAME.search(message)
@@ -504,21 +504,13 @@ def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _token_refused(response: httpx.Response) -> bool:
     """401, or the 403 ``TokenError`` that real Infisical gives a token past its JWT ``exp``."""
     if response.status_code == 401:
         return True
     if response.status_code != 403:
         return False
-    body = _json_object(response)
+    body = json_object(response)
     return body is not None and body.get("error") == "TokenError"
 
 
@@ -526,7 +518,7 @@ def _is_infisical_not_found(response: httpx.Response) -> bool:
     """Infisical's own "no such row" 404, as opposed to a proxy's 404 or Infisical's "Route ... not found"."""
     if response.status_code != 404:
         return False
-    body = _json_object(response)
+    body = json_object(response)
     if body is None or not (body.get("statusCode") == 404 or body.get("error") == "NotFound"):
         return False
     message = body.get("message")
@@ -534,7 +526,7 @@ def _is_infisical_not_found(response: httpx.Response) -> bool:
 
 
 def _req_id(response: httpx.Response) -> str | None:
-    body = _json_object(response)
+    body = json_object(response)
     req_id = body.get("reqId") if body is not None else None
     return req_id if isinstance(req_id, str) and req_id else None
 
@@ -546,7 +538,7 @@ def _ref(response: httpx.Response) -> str:
 
 def _message(response: httpx.Response) -> str:
     """Infisical's ``message``, readable: a 422 issue list becomes ``path: message; ...``."""
-    body = _json_object(response)
+    body = json_object(response)
     message = body.get("message") if body is not None else None
     if isinstance(message, list):
         return "; ".join(_issue(item) for item in message) or f"HTTP {response.status_code}"
@@ -563,17 +555,3 @@ def _issue(item: object) -> str:
     if isinstance(path, list) and path:
         return f"{'.'.join(str(part) for part in path)}: {text}"
     return text
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        secret = secret.strip()
-        # A value this short is no credential worth hiding, and replacing it would shred the message.
-        if len(secret) >= _MIN_SCRUBBED_LENGTH:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

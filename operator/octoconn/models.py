@@ -49,8 +49,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
+def _spec_config(*rules: JsonDict) -> ConfigDict:
+    """Spec models are frozen (the operator never writes spec); ``rules`` become the object's CEL validations."""
+    extra: JsonDict = {"x-kubernetes-validations": list(rules)} if rules else {}
+    return ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, json_schema_extra=extra or None
+    )
+
+
 class _Spec(_Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = _spec_config()
 
 
 class SecretKeyRef(_Spec):
@@ -116,20 +124,12 @@ class InfisicalCredentialsRef(_Spec):
 class InfisicalSpec(_Spec):
     """A per-resource Infisical identity, for clusters shared by several teams."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=True,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.hostUrl) || has(self.credentialsSecretRef)",
-                    "infisical.hostUrl requires infisical.credentialsSecretRef: the operator never sends its own "
-                    "identity to a host chosen in a resource",
-                )
-            ]
-        },
+    model_config = _spec_config(
+        cel(
+            "!has(self.hostUrl) || has(self.credentialsSecretRef)",
+            "infisical.hostUrl requires infisical.credentialsSecretRef: the operator never sends its own "
+            "identity to a host chosen in a resource",
+        )
     )
 
     credentials_secret_ref: Annotated[
@@ -152,34 +152,25 @@ class InfisicalSpec(_Spec):
 class OctopusDeployConnectionSpec(_Spec):
     """Desired state: which Octopus instance and key to register in Infisical, and how."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=True,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(oldSelf.projectId) || (has(self.projectId) && self.projectId == oldSelf.projectId)",
-                    "projectId is immutable: delete and recreate the resource to move the connection to another "
-                    "project",
-                    ".projectId",
-                ),
-                cel(
-                    "has(oldSelf.projectId) || !has(self.projectId)",
-                    "projectId cannot be added after creation: delete and recreate the resource to move the "
-                    "connection into a project",
-                    ".projectId",
-                ),
-                cel(
-                    "has(self.infisical) == has(oldSelf.infisical) && "
-                    "(!has(self.infisical) || self.infisical == oldSelf.infisical)",
-                    "infisical is immutable: the connection lives with the identity and host that created it; "
-                    "delete and recreate the resource to move it",
-                    ".infisical",
-                ),
-            ]
-        },
+    model_config = _spec_config(
+        cel(
+            "!has(oldSelf.projectId) || (has(self.projectId) && self.projectId == oldSelf.projectId)",
+            "projectId is immutable: delete and recreate the resource to move the connection to another project",
+            ".projectId",
+        ),
+        cel(
+            "has(oldSelf.projectId) || !has(self.projectId)",
+            "projectId cannot be added after creation: delete and recreate the resource to move the "
+            "connection into a project",
+            ".projectId",
+        ),
+        cel(
+            "has(self.infisical) == has(oldSelf.infisical) && "
+            "(!has(self.infisical) || self.infisical == oldSelf.infisical)",
+            "infisical is immutable: the connection lives with the identity and host that created it; "
+            "delete and recreate the resource to move it",
+            ".infisical",
+        ),
     )
 
     instance_url: Annotated[

@@ -23,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from octoconn import __version__, errors
+from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class OctopusClient:
         response = await self._send(base, "/api/users/me", key=key)
         status = response.status_code
         if status == 200:
-            user = _json_object(response)
+            user = json_object(response)
             if user is not None and isinstance(user.get("Id"), str) and user["Id"]:
                 return await self._identity(base, key, user, root)
             raise self._unexpected(base, root, "answered /api/users/me with a 200 that is not an Octopus user")
@@ -190,7 +191,7 @@ class OctopusClient:
     async def _octopus_root(self, base: str) -> dict[str, Any]:
         """The anonymous ``/api`` root document, or the error that says why ``base`` is not a usable Octopus."""
         response = await self._send(base, "/api", key=None)
-        root = _json_object(response) if response.status_code == 200 else None
+        root = json_object(response) if response.status_code == 200 else None
         if root is not None and _is_octopus_root(root):
             return root
         self._raise_for_status(base, response, what="/api")
@@ -244,7 +245,7 @@ class OctopusClient:
             response = await self._http.get(url, headers=headers, params=params)
         except httpx.TimeoutException as exc:
             raise errors.OctopusUnreachable(
-                f"Octopus at {base} did not answer within {self._timeout:g} s ({_describe(exc)})"
+                f"Octopus at {base} did not answer within {self._timeout:g} s ({describe(exc)})"
             ) from None
         except httpx.TransportError as exc:
             tls = _ssl_error(exc)
@@ -263,10 +264,10 @@ class OctopusClient:
                     "too, so it must trust that CA as well"
                 )
                 raise errors.OctopusTLSError(
-                    f"The TLS certificate of Octopus at {base} could not be verified ({_scrub(str(tls), key)}): {hint}"
+                    f"The TLS certificate of Octopus at {base} could not be verified ({scrub(str(tls), [key])}): {hint}"
                 ) from None
             raise errors.OctopusUnreachable(
-                f"Could not reach Octopus at {base} ({_scrub(_describe(exc), key)})"
+                f"Could not reach Octopus at {base} ({scrub(describe(exc), [key])})"
             ) from None
         log.debug("GET %s -> %s", url, response.status_code)
         return response
@@ -294,7 +295,7 @@ class OctopusClient:
             response = await self._send(
                 base, f"/api/users/{quote(user_id, safe='')}/apikeys", key=key, params={"take": "100"}
             )
-            page = _json_object(response) if response.status_code == 200 else None
+            page = json_object(response) if response.status_code == 200 else None
             items = page.get("Items") if page is not None else None
             if not isinstance(items, list):
                 return None
@@ -371,26 +372,9 @@ def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _scrub(text: str, key: str | None) -> str:
-    return text.replace(key, "***") if key else text
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _octopus_message(response: httpx.Response) -> str:
     """``": <ErrorMessage>"`` from an Octopus error body, or "" (Octopus error messages carry no secrets)."""
-    body = _json_object(response)
+    body = json_object(response)
     message = body.get("ErrorMessage") if body is not None else None
     if not isinstance(message, str) or not message.strip():
         return ""
