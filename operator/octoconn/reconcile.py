@@ -438,8 +438,10 @@ class ConnectionReconciler:
         """Remove the Infisical connection unless the policy is Orphan. Raises to retry (finalizer stays)."""
         name = res.connection_name
         if res.spec.effective_deletion_policy() == "Orphan":
+            self.forget(res.uid)
             return [Event("Normal", "Orphaned", f"deletionPolicy is Orphan: Infisical connection {name} was kept.")]
         if res.paused:
+            self.forget(res.uid)
             return [Event("Warning", "ReconcilePaused", f"Paused: Infisical connection {name} was left in place.")]
         try:
             store = await self._store_for(res)
@@ -452,10 +454,12 @@ class ConnectionReconciler:
             marker = res.status.pending_create
             ours, _ = await self._lookup(store, marker, name=marker.name, project_id=marker.project_id)
             connection_id = ours.id if ours else None
-        self.forget(res.uid)
         if connection_id is None:
+            self.forget(res.uid)
             return [Event("Normal", "NothingToDelete", "No Infisical connection was ever recorded for this resource.")]
         deleted = await store.delete(connection_id)
+        # Only now: a failed delete is retried, and may need the remembered identity store again.
+        self.forget(res.uid)
         verb = "Deleted" if deleted else "AlreadyGone"
         detail = "deleted" if deleted else "was already gone"
         return [Event("Normal", verb, f"Infisical connection {name} ({connection_id}) {detail}.")]
