@@ -59,7 +59,7 @@ from typing import Any, TypeVar  # noqa: E402
 
 from tests.cluster.operator_process import OperatorProcess  # noqa: E402
 from tests.envtest.binaries import KUBERNETES_VERSION, Binaries, cache_dir, ensure_binaries, expected_paths  # noqa: E402
-from tests.envtest.controlplane import ControlPlane, ControlPlaneError, KubectlError, _child_preexec  # noqa: E402
+from tests.envtest.controlplane import ControlPlane, ControlPlaneError, KubectlError, child_preexec  # noqa: E402
 
 CRD_FILE = ROOT / "crds" / "octoconn.dev_octopusdeployconnections.yaml"
 CRD_NAME = "octopusdeployconnections.octoconn.dev"
@@ -154,7 +154,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # a terminal's Ctrl-C reaches the demo only; the demo stops its children
-            preexec_fn=_child_preexec(os.getpid()),  # and the kernel kills them if the demo itself is killed
+            preexec_fn=child_preexec(os.getpid()),  # and the kernel kills them if the demo itself is killed
         )
         threading.Thread(target=self._pump, name=f"{name}-output", daemon=True).start()
 

@@ -18,7 +18,7 @@ from typing import IO
 
 import httpx
 
-from tests.envtest.controlplane import _child_preexec
+from tests.envtest.controlplane import child_preexec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ class OperatorProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_child_preexec(os.getpid()),
+            preexec_fn=child_preexec(os.getpid()),
         )
         self._wait_alive(timeout)
         return self

@@ -342,7 +342,7 @@ if sys.platform == "linux":
         _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _child_preexec(parent_pid: int) -> Callable[[], None] | None:
+def child_preexec(parent_pid: int) -> Callable[[], None] | None:
     if _libc is None:
         return None
     prctl = _libc.prctl
@@ -383,7 +383,7 @@ class _Process:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_child_preexec(os.getpid()),  # the only way to set PDEATHSIG in the child
+                preexec_fn=child_preexec(os.getpid()),  # the only way to set PDEATHSIG in the child
             )
 
     def exited(self) -> int | None:
