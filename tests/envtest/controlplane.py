@@ -343,6 +343,7 @@ if sys.platform == "linux":
 
 
 def child_preexec(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel kill the child when ``parent_pid``'s spawning thread dies (Linux)."""
     if _libc is None:
         return None
     prctl = _libc.prctl
