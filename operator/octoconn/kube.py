@@ -71,6 +71,7 @@ class KubeClient:
                 PLURAL,
                 name,
                 {"status": dict(status)},
+                field_manager="octoconn",
                 _content_type="application/merge-patch+json",
             )
         except ApiException as exc:

@@ -370,13 +370,18 @@ class ConnectionReconciler:
                 generation=res.generation,
                 now=now,
             )
-            # Infisical was not touched; Synced keeps what it said (or Unknown before the first sync).
+            # Infisical was not touched: Synced keeps what it said, unless a spec change is now waiting (or nothing
+            # was ever synced), in which case Infisical's state is not the desired one and Synced must not say True.
             synced = status.condition(SYNCED)
-            synced_state = (
-                (synced.status, synced.reason, synced.message)
-                if synced is not None
-                else ("Unknown", "WaitingForCredentials", "Waiting for a verified API key before syncing.")
-            )
+            spec_changed = res.status.observed_generation not in (None, res.generation)
+            if synced is None or (spec_changed and synced.status == "True"):
+                synced_state: tuple[ConditionStatus, str, str] = (
+                    "Unknown",
+                    "WaitingForCredentials",
+                    "Waiting for a verified API key before syncing; Infisical keeps what it had.",
+                )
+            else:
+                synced_state = (synced.status, synced.reason, synced.message)
             return self._finish(res, status, now, synced=synced_state, error=exc)
 
         status.octopus = OctopusIdentityStatus(

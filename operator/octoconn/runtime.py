@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from octoconn import errors
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
-from octoconn.kube import KubeClient
+from octoconn.kube import KubeClient, KubeError
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
 from octoconn.reconcile import (
@@ -139,7 +140,9 @@ class Runtime:
             emit(event)
         return outcome
 
-    async def report_deletion_blocked(self, res: Resource, error: errors.OctoconnError, emit: EventSink) -> float:
+    async def report_deletion_blocked(
+        self, res: Resource, error: errors.OctoconnError, emit: EventSink, *, attempt: int
+    ) -> float:
         """Show a stuck deletion where users look (Ready, Events); return when to try again."""
         status, events = deletion_blocked(res, error, utcnow())
         await self.kube.patch_status(res.namespace, res.name, status.to_patch())
@@ -148,7 +151,7 @@ class Runtime:
         s = self.settings
         delay = retry_delay(
             error,
-            attempt=1,
+            attempt=attempt,
             backoff_cap=s.retry_backoff_cap_seconds,
             auth_retry=s.auth_retry_seconds,
             wait_for_change=s.auth_retry_seconds,
@@ -175,6 +178,15 @@ class Runtime:
         stopping = asyncio.ensure_future(stopped())
         failures = 0
         try:
+            if await self._settled(first):
+                # After a restart, a resource that was fine and has not changed since waits for its periodic
+                # check instead of all of them checking at once: that burst would fill the Infisical read pace and
+                # delay real changes (rotations, edits) for minutes. Any change still wakes it at once.
+                initial = random.uniform(0, self.settings.resync_interval_seconds)  # noqa: S311 - jitter
+                logger.debug("unchanged since the last check; first check in %.0fs unless woken", initial)
+                woken = asyncio.ensure_future(kick.wait())
+                await asyncio.wait({woken, stopping}, timeout=initial, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
             while not stopping.done():
                 kick.clear()
                 outcome = await self._guarded(Resource.from_body(body_reader()), emit, logger)
@@ -188,6 +200,20 @@ class Runtime:
             stopping.cancel()
             self.kicks.pop(key, None)
 
+    async def _settled(self, res: Resource) -> bool:
+        """Ready, reconciled at this generation, and its Secret unchanged since: nothing to do right now."""
+        status = res.status
+        ready = status.condition("Ready")
+        if res.paused or ready is None or ready.status != "True" or status.observed_generation != res.generation:
+            return False
+        if not status.id or not status.secret_resource_version:
+            return False
+        try:
+            secret = await self.kube.read_secret(res.namespace, res.spec.api_key_secret_ref.name)
+        except KubeError:
+            return False
+        return secret is not None and secret.resource_version == status.secret_resource_version
+
     async def _guarded(
         self, res: Resource, emit: EventSink, logger: logging.Logger | logging.LoggerAdapter[Any]
     ) -> Outcome | None:
@@ -199,7 +225,8 @@ class Runtime:
         if outcome.error is not None:
             logger.warning("%s: %s", outcome.error.reason, outcome.error.message)
         else:
-            logger.info("reconciled: %s", _ready_summary(outcome))
+            actions = "; ".join(e.message for e in outcome.events if e.reason not in ("Available",))
+            logger.info("reconciled: %s%s", _ready_summary(outcome), f" ({actions})" if actions else "")
         return outcome
 
     def _next_delay(self, outcome: Outcome | None, attempt: int) -> float:
@@ -234,10 +261,16 @@ def _operator_auth(settings: Settings, kube: KubeClient) -> UniversalAuth | Kube
         namespace, name = settings.service_account_ref()
         assert settings.kubernetes_identity_id is not None
 
-        def token_source() -> Awaitable[str]:
-            return kube.service_account_token(
-                namespace, name, audience=settings.token_audience, ttl_seconds=settings.token_ttl_seconds
-            )
+        async def token_source() -> str:
+            try:
+                return await kube.service_account_token(
+                    namespace, name, audience=settings.token_audience, ttl_seconds=settings.token_ttl_seconds
+                )
+            except KubeError as exc:  # its message names the call and the HTTP status, never a token
+                raise errors.InfisicalAuthFailed(
+                    f"{exc}. Check OCTOCONN_SERVICE_ACCOUNT={namespace}/{name}: the ServiceAccount must exist and the "
+                    "operator must be allowed to create its tokens (serviceaccounts/token)"
+                ) from None
 
         return KubernetesAuth(identity_id=settings.kubernetes_identity_id, token_source=token_source)
     client_id, client_secret = settings.universal_credentials()

@@ -58,3 +58,50 @@ def test_periodic_check_repairs_and_notices_without_any_trigger(periodic: Kube, 
 
     remotes.octopus.state.revoke_key(key)
     kube.wait_condition("watched", "CredentialsVerified", "False", "InvalidApiKey", timeout=20)
+
+
+@pytest.fixture
+def restartable(
+    control_plane: ClusterAccess, crd: str, remotes: Remotes, kube_api: client.ApiClient, tmp_path: Path
+) -> Iterator[tuple[Kube, OperatorProcess]]:
+    name = f"restart-{secrets.token_hex(3)}"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    env = {
+        "OCTOCONN_INFISICAL_URL": remotes.infisical.url,
+        "OCTOCONN_CLIENT_ID": CLIENT_ID,
+        "OCTOCONN_CLIENT_SECRET": CLIENT_SECRET,
+        "OCTOCONN_ALLOW_HTTP": "true",
+        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "3600",
+    }
+    operator = OperatorProcess(
+        kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[name]
+    )
+    try:
+        yield Kube(kube_api, name), operator
+    finally:
+        operator.stop()
+        core.delete_namespace(name)
+
+
+def test_restart_checks_changed_resources_now_and_spreads_the_rest(
+    restartable: tuple[Kube, OperatorProcess], remotes: Remotes
+) -> None:
+    kube, operator = restartable
+    operator.start()
+    kube.put_secret("steady-key", {"apiKey": remotes.new_key()})
+    kube.put_secret("rotated-key", {"apiKey": remotes.new_key()})
+    for name in ("steady", "rotated"):
+        kube.apply_odc(name, {"instanceUrl": remotes.octopus_url, "apiKeySecretRef": {"name": f"{name}-key"}})
+    steady = kube.wait_condition("steady", "Ready", "True", "Available")["status"]
+    kube.wait_condition("rotated", "Ready", "True", "Available")
+    operator.stop()
+
+    new_version = kube.put_secret("rotated-key", {"apiKey": remotes.new_key()})  # rotated while the operator is down
+    before = len(remotes.infisical.state.requests)
+    operator.start()
+    kube.wait_status("rotated", lambda s: s.get("secretResourceVersion") == new_version, "the rotation", 20)
+    # The unchanged resource was not re-read at start: its check is spread over the (hour-long) interval.
+    reads_of_steady = [r for r in remotes.infisical.state.requests[before:] if r.path.endswith(steady["id"])]
+    assert reads_of_steady == []
+    assert kube.odc("steady")["status"]["lastVerifiedTime"] == steady["lastVerifiedTime"]  # type: ignore[index]

@@ -249,3 +249,29 @@ async def test_marker_does_not_adopt_an_older_connection_of_someone_else(
     assert outcome.error.reason == "NameConflict"
     assert other.id in outcome.error.message
     assert [c["id"] for c in infisical.state.connections()] == [other.id]
+
+
+async def test_spec_change_with_a_failing_key_does_not_claim_synced(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    first = await reconciler.reconcile(resource(octopus))
+    assert first.status.condition("Synced").status == "True"  # type: ignore[union-attr]
+
+    # Generation 2 points at a server that is not Octopus: nothing can be pushed.
+    changed = Resource.from_body(
+        {
+            "metadata": {"name": "prod", "namespace": "team", "uid": "uid-1", "generation": 2},
+            "spec": {"instanceUrl": infisical.url, "apiKeySecretRef": {"name": "key"}},
+            "status": first.status.to_patch(),
+        }
+    )
+    outcome = await reconciler.reconcile(changed)
+    assert outcome.error is not None
+    assert outcome.error.reason == "NotAnOctopusServer"
+    synced = outcome.status.condition("Synced")
+    assert synced is not None
+    assert (synced.status, synced.reason) == ("Unknown", "WaitingForCredentials")
+    assert outcome.status.instance_url == octopus.url  # what Infisical still holds
