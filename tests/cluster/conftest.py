@@ -8,6 +8,8 @@ seconds, and every key and secret the session hands out is remembered for the le
 from __future__ import annotations
 
 import base64
+import contextlib
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,25 +86,46 @@ def crd(control_plane: ClusterAccess) -> str:
     return f"{PLURAL}.{GROUP}"
 
 
-@pytest.fixture(scope="session")
-def operator(
-    control_plane: ClusterAccess, crd: str, remotes: Remotes, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+def operator_env(remotes: Remotes, **overrides: str) -> dict[str, str]:
+    """The settings every test operator shares: the session's test servers, the operator's own identity."""
     env = {
         "OCTOCONN_INFISICAL_URL": remotes.infisical.url,
         "OCTOCONN_CLIENT_ID": CLIENT_ID,
         "OCTOCONN_CLIENT_SECRET": CLIENT_SECRET,
         "OCTOCONN_ALLOW_HTTP": "true",
-        # Long on purpose: every test must reach its state through a watch event (spec, annotation, Secret) or a
-        # retry, never by waiting for the periodic check (tests/cluster/test_periodic.py covers that one).
-        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "3600",
-        "OCTOCONN_RETRY_BACKOFF_CAP_SECONDS": "2",
-        "OCTOCONN_AUTH_RETRY_SECONDS": "3",
-        "OCTOCONN_LOG_LEVEL": "DEBUG",
-        # The test double has no read limit; pacing reads would only slow the periodic checks down.
+        # The test double has no read limit; pacing reads would only slow the tests down.
         "OCTOCONN_INFISICAL_READS_PER_MINUTE": "0",
     }
+    env.update(overrides)
+    return env
+
+
+@contextlib.contextmanager
+def own_namespace(api: client.ApiClient, prefix: str) -> Iterator[str]:
+    """A namespace outside the session operator's t-* pattern, for a test that runs an operator of its own."""
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ClusterAccess, crd: str, remotes: Remotes, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = operator_env(
+        remotes,
+        # Long on purpose: every test must reach its state through a watch event (spec, annotation, Secret) or a
+        # retry, never by waiting for the periodic check (tests/cluster/test_periodic.py covers that one).
+        OCTOCONN_RESYNC_INTERVAL_SECONDS="3600",
+        OCTOCONN_RETRY_BACKOFF_CAP_SECONDS="2",
+        OCTOCONN_AUTH_RETRY_SECONDS="3",
+        OCTOCONN_LOG_LEVEL="DEBUG",
+    )
     # Test namespaces are all named t-*; other namespaces belong to operators that tests start themselves.
     process = OperatorProcess(
         kubeconfig=control_plane.kubeconfig, env=env, log_path=log_path, namespaces=["t-*"]

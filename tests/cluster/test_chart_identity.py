@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.cluster.conftest import Kube, Remotes
+from tests.cluster.conftest import Kube, Remotes, own_namespace
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.binaries import ensure_binaries
 from tests.envtest.controlplane import ClusterAccess
@@ -45,11 +45,8 @@ def helm(home: Path, *args: str) -> str:
 @pytest.fixture
 def team_namespace(kube_api: client.ApiClient) -> Iterator[str]:
     # Not "t-*": the session's operator watches those; this namespace belongs to the chart-installed operator only.
-    name = f"team-{secrets.token_hex(3)}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with own_namespace(kube_api, "team") as name:
+        yield name
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ watching only a namespace that the session's operator does not.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET, Kube, Remotes
+from tests.cluster.conftest import Kube, Remotes, operator_env, own_namespace
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.controlplane import ClusterAccess
 
@@ -24,25 +23,12 @@ pytestmark = pytest.mark.cluster
 def periodic(
     control_plane: ClusterAccess, crd: str, remotes: Remotes, kube_api: client.ApiClient, tmp_path: Path
 ) -> Iterator[Kube]:
-    name = f"periodic-{secrets.token_hex(3)}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    env = {
-        "OCTOCONN_INFISICAL_URL": remotes.infisical.url,
-        "OCTOCONN_CLIENT_ID": CLIENT_ID,
-        "OCTOCONN_CLIENT_SECRET": CLIENT_SECRET,
-        "OCTOCONN_ALLOW_HTTP": "true",
-        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "3",
-        "OCTOCONN_INFISICAL_READS_PER_MINUTE": "0",
-    }
-    operator = OperatorProcess(
-        kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[name]
-    ).start()
-    try:
-        yield Kube(kube_api, name)
-    finally:
-        operator.stop()
-        core.delete_namespace(name)
+    with own_namespace(kube_api, "periodic") as name:
+        env = operator_env(remotes, OCTOCONN_RESYNC_INTERVAL_SECONDS="3")
+        with OperatorProcess(
+            kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[name]
+        ):
+            yield Kube(kube_api, name)
 
 
 def test_periodic_check_repairs_and_notices_without_any_trigger(periodic: Kube, remotes: Remotes) -> None:
@@ -64,24 +50,15 @@ def test_periodic_check_repairs_and_notices_without_any_trigger(periodic: Kube, 
 def restartable(
     control_plane: ClusterAccess, crd: str, remotes: Remotes, kube_api: client.ApiClient, tmp_path: Path
 ) -> Iterator[tuple[Kube, OperatorProcess]]:
-    name = f"restart-{secrets.token_hex(3)}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    env = {
-        "OCTOCONN_INFISICAL_URL": remotes.infisical.url,
-        "OCTOCONN_CLIENT_ID": CLIENT_ID,
-        "OCTOCONN_CLIENT_SECRET": CLIENT_SECRET,
-        "OCTOCONN_ALLOW_HTTP": "true",
-        "OCTOCONN_RESYNC_INTERVAL_SECONDS": "3600",
-    }
-    operator = OperatorProcess(
-        kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[name]
-    )
-    try:
-        yield Kube(kube_api, name), operator
-    finally:
-        operator.stop()
-        core.delete_namespace(name)
+    with own_namespace(kube_api, "restart") as name:
+        env = operator_env(remotes, OCTOCONN_RESYNC_INTERVAL_SECONDS="3600")
+        operator = OperatorProcess(
+            kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[name]
+        )
+        try:
+            yield Kube(kube_api, name), operator
+        finally:
+            operator.stop()
 
 
 def test_restart_checks_changed_resources_now_and_spreads_the_rest(
