@@ -19,7 +19,7 @@ from octoconn import errors
 from octoconn.kube import KubeClient, load_api_client
 from octoconn.models import GROUP, PLURAL, VERSION
 from octoconn.reconcile import Event, Resource
-from octoconn.runtime import Runtime
+from octoconn.runtime import EventSink, Runtime
 from octoconn.settings import load_settings
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -84,7 +84,7 @@ def by_connection(namespace: str | None, name: str, status: kopf.Status, **_: An
 @kopf.on.event("", "v1", "secrets", id="wake-on-secret")
 def wake_on_secret(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     if type is None:
-        return  # the initial listing: every resource reconciles on its own start anyway
+        return  # the initial listing: each resource compares its Secret's version itself when its loop starts
     index: kopf.Index[tuple[str | None, str], str] = kwargs["by_secret"]
     for odc in index.get((namespace, name), []):
         memo.runtime.kick(namespace or "", odc)
@@ -104,7 +104,7 @@ async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
         emit(event)
 
 
-def _emitter(body: kopf.Body) -> Any:
+def _emitter(body: kopf.Body) -> EventSink:
     def emit(event: Event) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
