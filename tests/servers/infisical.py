@@ -158,7 +158,7 @@ import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.servers.runner import ServerThread
+from tests.servers.runner import ServerThread, ThreadedServer
 
 log = logging.getLogger("tests.servers.infisical")
 
@@ -1286,7 +1286,7 @@ ROUTES = (
 )
 
 
-class InfisicalServer:
+class InfisicalServer(ThreadedServer):
     """The double on a real socket: ``with InfisicalServer(allow_internal_ips=True) as infisical: infisical.url``.
 
     ``state`` given: it is used as is, except that ``allow_internal_ips=True`` switches it on.
@@ -1312,28 +1312,8 @@ class InfisicalServer:
         self._started = False
 
     @property
-    def port(self) -> int:
-        if not self._started:
-            raise RuntimeError("the server is not started")
-        return self._thread.port
-
-    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> InfisicalServer:
-        self._thread.start()
-        self._started = True
-        return self
-
-    def stop(self) -> None:
-        self._thread.stop()
-
-    def __enter__(self) -> InfisicalServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def make_app(self) -> web.Application:
         app = web.Application()

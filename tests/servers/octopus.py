@@ -115,7 +115,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.servers.runner import ServerThread
+from tests.servers.runner import ServerThread, ThreadedServer
 
 # --- Texts and numbers from the page -------------------------------------------------------------------------------
 
@@ -513,7 +513,7 @@ class _Paging:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class OctopusServer:
+class OctopusServer(ThreadedServer):
     """The double on a real socket. ``with OctopusServer() as octopus: httpx.get(f"{octopus.url}/api")``."""
 
     def __init__(
@@ -545,29 +545,9 @@ class OctopusServer:
         self._stopping = asyncio.Event()  # set on shutdown; cuts injected latency short
 
     @property
-    def port(self) -> int:
-        if not self._started:
-            raise RuntimeError("the server is not started")
-        return self._thread.port
-
-    @property
     def url(self) -> str:
         scheme = "https" if self.tls else "http"
         return f"{scheme}://127.0.0.1:{self.port}{self.prefix}"
-
-    def start(self) -> OctopusServer:
-        self._thread.start()
-        self._started = True
-        return self
-
-    def stop(self) -> None:
-        self._thread.stop()
-
-    def __enter__(self) -> OctopusServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # App
 

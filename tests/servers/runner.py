@@ -11,6 +11,7 @@ import asyncio
 import ssl
 import threading
 from collections.abc import Callable
+from typing import Self
 
 from aiohttp import web
 
@@ -62,6 +63,33 @@ class ServerThread:
         self._loop.close()
 
     def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class ThreadedServer:
+    """What both test servers share: a ``ServerThread``, the port once started, and start/stop/``with``."""
+
+    _thread: ServerThread
+    _started: bool = False
+
+    @property
+    def port(self) -> int:
+        if not self._started:
+            raise RuntimeError("the server is not started")
+        return self._thread.port
+
+    def start(self) -> Self:
+        self._thread.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
