@@ -84,7 +84,9 @@ Choices where the page is silent or says (unverified) — each is a single const
 - Only the routes above exist; links such as a user's ``Self`` point to routes this double does not serve (404).
 
 Run it by hand: ``uv run python -m tests.servers.octopus --port 8065 [--prefix /octopus] [--tls]``; ``--seed-key``
-(repeatable) registers keys you choose instead of printing a generated one.
+(repeatable) registers keys you choose instead of printing a generated one; ``--seed-project NAME`` and
+``--seed-environment NAME`` (repeatable) add them to Spaces-1 and print ``seeded: <id> <name>``. Projects, scope
+values and variable sets: tests/servers/octopus_projects.py.
 """
 
 from __future__ import annotations
@@ -304,6 +306,10 @@ class OctopusState:
         self.add_user(SERVICE_ACCOUNT_ID, "octoconn", display_name="octoconn service account", is_service=True)
         default_space = self.add_space("Default", is_default=True)
         self.add_project(default_space, "Hello World")
+        # Imported here: octopus_projects builds on this module (scope values, variable sets, per-project permissions).
+        from tests.servers.octopus_projects import ProjectStore
+
+        self.projects = ProjectStore(self)
 
     # Users and keys
 
@@ -562,6 +568,9 @@ class OctopusServer(ThreadedServer):
         app.router.add_get(api + "/spaces", self._spaces)
         app.router.add_get(api + "/spaces/all", self._spaces_all)
         app.router.add_get(api + "/{space_id}/projects", self._projects)
+        from tests.servers.octopus_projects import ProjectRoutes  # here: that module builds on this one
+
+        ProjectRoutes(self).register(app, api)
         return app
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -865,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--redirect-to", help="answer every request with a redirect to this base URL")
     parser.add_argument("--redirect-status", type=int, default=301, choices=[301, 302, 307, 308])
+    parser.add_argument("--seed-project", action="append", default=[], help="add a project to Spaces-1 (repeatable)")
+    parser.add_argument("--seed-environment", action="append", default=[], help="add an environment to Spaces-1")
     args = parser.parse_args(argv)
 
     server = OctopusServer(
@@ -878,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = [server.state.issue_key(value=seed, purpose="standalone") for seed in args.seed_key]
     if not keys:
         keys.append(server.state.issue_key(purpose="standalone"))
+    seeded = [(name, server.state.projects.add_project("Spaces-1", name)) for name in args.seed_project]
+    seeded += [(name, server.state.projects.add_environment("Spaces-1", name)) for name in args.seed_environment]
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -886,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.seed_key:
             # The one place a key is printed: a fake key for trying the double by hand.
             print(f"api-key: {keys[0]}", flush=True)
+        for name, seeded_id in seeded:
+            print(f"seeded: {seeded_id} {name}", flush=True)
         if server.ca_pem is not None:
             ca_file = Path(directory, "octopus-ca.pem")
             ca_file.write_text(server.ca_pem)
