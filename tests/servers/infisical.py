@@ -150,6 +150,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -913,6 +914,12 @@ class InfisicalState:
         # Per-server secrets: the AES-GCM key behind credentialsHash and the HS256 key behind access tokens.
         self._aes = AESGCM(AESGCM.generate_key(bit_length=256))
         self._jwt_secret = secrets.token_bytes(32)
+        # Imported here: these modules build on this one (secrets of projects; Octopus Deploy secret syncs).
+        from tests.servers.infisical_secrets import SecretStore
+        from tests.servers.infisical_syncs import SyncStore
+
+        self.secrets = SecretStore(self)
+        self.syncs = SyncStore(self)
 
     # Identities and tokens
 
@@ -1310,6 +1317,12 @@ class InfisicalServer(ThreadedServer):
         self.identity_id: str | None = None
         self._thread = ServerThread(self.make_app, port=port)
         self._started = False
+        from tests.servers.infisical_secrets import SecretApi  # here: these build on this module
+        from tests.servers.infisical_syncs import SecretSyncApi
+
+        self.secret_api = SecretApi(self)
+        self.secret_syncs = SecretSyncApi(self)
+        self._extra_routes: tuple[_Route, ...] = (*SecretApi.routes(), *SecretSyncApi.routes())
 
     @property
     def url(self) -> str:
@@ -1319,6 +1332,7 @@ class InfisicalServer(ThreadedServer):
         app = web.Application()
         # One catch-all route: matching, 404s and the order of checks are ours, readable top to bottom in _dispatch.
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_shutdown.append(self.secret_syncs.shutdown)
         return app
 
     # Front door: record → faults → route → rate limit → auth → body → handler
@@ -1373,7 +1387,7 @@ class InfisicalServer(ThreadedServer):
                 raise _internal()  # invalid JSON, same path
             if raw_body and not is_json:
                 raise _internal()  # FST_ERR_CTP_INVALID_MEDIA_TYPE, same path
-            handler = getattr(self, route.handler)
+            handler = attrgetter(route.handler)(self)  # dotted for the routes of the secrets and syncs modules
             status, body = await handler(request, params, actor, parsed)
             response = _json_response(status, body, extra_headers)
         except ApiError as exc:
@@ -1386,7 +1400,7 @@ class InfisicalServer(ThreadedServer):
         return response
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
-        for route in ROUTES:
+        for route in (*ROUTES, *self._extra_routes):
             match = route.pattern.fullmatch(path)
             if match is not None and route.method == method:
                 params = match.groupdict()
@@ -1684,6 +1698,10 @@ class InfisicalServer(ThreadedServer):
     async def _delete(self, request: web.Request, params: dict[str, str], actor: _Actor, body: Any) -> HandlerResult:
         with self.state._lock:
             row = self._row_for(params, actor)
+            if self.state.syncs.uses_connection(row.id):
+                from tests.servers.infisical_syncs import CONNECTION_IN_USE
+
+                raise ApiError(400, CONNECTION_IN_USE)
             view = self.state._view(row)
             del self.state._connections[row.id]
             return 200, {"appConnection": view}
