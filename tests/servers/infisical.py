@@ -7,6 +7,9 @@ It runs on a real 127.0.0.1 socket (``InfisicalServer``) or standalone::
 
     uv run python -m tests.servers.infisical --port 0 --allow-internal-ips --client-id ID --client-secret SECRET
 
+Project secrets and Octopus Deploy secret syncs live in tests/servers/infisical_secrets.py and infisical_syncs.py,
+each with its own behaviour table (CLI: ``--seed-secret PROJECT:ENV:PATH:KEY=VALUE``, ``--sync-timing fast``).
+
 Behaviour → the test in tests/servers/test_infisical_server.py that checks it:
 
 | Behaviour (page, or source where noted)  | Test |
@@ -1873,6 +1876,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-namespaces", help="comma-separated")
     parser.add_argument("--allowed-names", help="comma-separated")
     parser.add_argument("--allowed-audience")
+    from tests.servers import infisical_syncs  # here: it builds on this module
+
+    infisical_syncs.add_cli_arguments(parser)
     args = parser.parse_args(argv)
     if (args.client_id is None) != (args.client_secret is None):
         parser.error("--client-id and --client-secret go together")
@@ -1890,6 +1896,7 @@ def main(argv: list[str] | None = None) -> int:
     state = server.state
     for project_id in args.project_id:
         state.add_project(project_id, org_id=args.org_id)
+    infisical_syncs.apply_cli_arguments(args, state)
     if args.client_id is not None:
         server.client_id, server.client_secret = args.client_id, args.client_secret
         server.identity_id = state.add_universal_identity(

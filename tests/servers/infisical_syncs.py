@@ -73,6 +73,7 @@ Behaviour → test in tests/servers/test_infisical_syncs.py:
 | job concurrency: ≤3 per connection, lock re-queue | test_jobs_per_connection_are_limited |
 | message over 1024 characters cut to 1021 + "..." | test_long_message_is_cut |
 | outbound calls recorded with the key redacted | test_sync_writes_sensitive_variables |
+| standalone CLI: --seed-secret, --sync-timing fast | test_cli_seeds_secrets_and_runs_syncs |
 
 Timings are ``state.syncs.timing`` (a ``SyncTiming``); upstream's are the defaults, ``SyncTiming.fast()`` is for
 tests. Choices where the reference is silent (double's choices):
@@ -623,6 +624,7 @@ class SecretSyncApi:
         self._stopping = False
         self._incoming = 0  # secret changes handed to the loop but not yet debounced
         self.max_concurrency_seen = 0  # most jobs of one connection that ran at once
+        self._tls_cache: tuple[str | None, Any] | None = None
         server.state.secrets.listeners.append(self._secret_changed)
 
     @property
@@ -1124,6 +1126,13 @@ class SecretSyncApi:
             planned = plan_remove(document, secrets, schema=schema, environment=environment.slug)
         await self._call("PUT", url, credentials["apiKey"], planned, job)
 
+    def _tls(self, make: Any) -> Any:
+        # Building a context reads the system CAs: once per CA setting, not once per call.
+        ca_pem = self.state.octopus_ca_pem
+        if self._tls_cache is None or self._tls_cache[0] != ca_pem:
+            self._tls_cache = (ca_pem, make(ca_pem=ca_pem))
+        return self._tls_cache[1]
+
     async def _call(self, method: str, url: str, api_key: str, body: Any, job: _Job) -> Any:
         """One axios call with Infisical's request config: no redirects, retries on 5xx/429/network errors."""
         from tests.servers.infisical import (
@@ -1159,7 +1168,7 @@ class SecretSyncApi:
                         headers=headers,
                         data=json.dumps(body).encode() if body is not None else None,
                         allow_redirects=False,
-                        ssl=_tls_context(ca_pem=self.state.octopus_ca_pem),
+                        ssl=self._tls(_tls_context),
                     ) as response,
                 ):
                     status = response.status
@@ -1232,3 +1241,31 @@ def _project_query(request: web.Request) -> str:
     if not project_id.strip():
         raise _unprocessable([_too_small(1, ["projectId"], "Project ID required")])
     return project_id.strip()
+
+
+# --- Standalone CLI (python -m tests.servers.infisical) --------------------------------------------------------------
+
+
+def add_cli_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--seed-secret",
+        action="append",
+        default=[],
+        metavar="PROJECT:ENV:PATH:KEY=VALUE",
+        help="set a secret (folders made as needed; the project must be given with --project-id); repeatable",
+    )
+    parser.add_argument(
+        "--sync-timing",
+        choices=["upstream", "fast"],
+        default="upstream",
+        help="secret-sync job delays: Infisical's (0-10 s first delay, 3 s debounce, 3 s backoff) or fast ones",
+    )
+
+
+def apply_cli_arguments(args: Any, state: InfisicalState) -> None:
+    if args.sync_timing == "fast":
+        state.syncs.timing = replace(SyncTiming.fast(), debounce=0.5)
+    for seed in args.seed_secret:
+        project_id, environment, path, assignment = seed.split(":", 3)
+        key, _, value = assignment.partition("=")
+        state.secrets.set_secret(project_id, environment, path, key, value)

@@ -7,9 +7,12 @@ The table in tests/servers/infisical_syncs.py maps each behaviour to these tests
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -748,3 +751,48 @@ def test_jobs_per_connection_are_limited(world: World) -> None:
     world.api.post(f"{SYNCS}/{syncs[0]['id']}/sync-secrets")
     failed = world.wait(syncs[0]["id"], "syncStatus", {"failed"})
     assert failed["lastSyncMessage"] == JOB_GATE_EXHAUSTED
+
+
+def test_cli_seeds_secrets_and_runs_syncs(octopus: OctopusServer) -> None:
+    root = Path(__file__).resolve().parents[2]
+    project = "3f6d0c6e-6f7e-4c1a-9a53-1b7d2a4c9e10"
+    command = [sys.executable, "-m", "tests.servers.infisical", "--port", "0", "--allow-internal-ips"]
+    command += ["--client-id", "cli-id", "--client-secret", "cli-secret", "--project-id", project]
+    command += ["--seed-secret", f"{project}:prod:/apps/web:DB_PASS=a:b=c", "--sync-timing", "fast"]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().removeprefix("infisical test server listening on ")
+        token = httpx.post(
+            url + "/api/v1/auth/universal-auth/login", json={"clientId": "cli-id", "clientSecret": "cli-secret"}
+        )
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token.json()['accessToken']}"}) as api:
+            listed = api.get(
+                "/api/v3/secrets/raw", params={"workspaceId": project, "environment": "prod", "secretPath": "/apps/web"}
+            )
+            assert [(s["secretKey"], s["secretValue"]) for s in listed.json()["secrets"]] == [("DB_PASS", "a:b=c")]
+            key = octopus.state.issue_key()
+            connection = api.post(
+                CONNECTIONS,
+                json={"name": "octo", "method": "api-key", "credentials": {"instanceUrl": octopus.url, "apiKey": key}},
+            ).json()["appConnection"]
+            body = {
+                "name": "cli-sync",
+                "projectId": project,
+                "connectionId": connection["id"],
+                "environment": "prod",
+                "secretPath": "/apps/web",
+                "syncOptions": {"initialSyncBehavior": "overwrite-destination"},
+                "destinationConfig": {"spaceId": "Spaces-1", "scope": "project", "projectId": "Projects-1"},
+            }
+            sync = api.post(SYNCS, json=body).json()["secretSync"]
+            deadline = time.monotonic() + 30
+            while api.get(f"{SYNCS}/{sync['id']}").json()["secretSync"]["syncStatus"] != "succeeded":
+                assert time.monotonic() < deadline, "the sync never succeeded"
+                time.sleep(0.05)
+        assert [(v["Name"], v["Value"]) for v in octopus.state.projects.variables("Projects-1")] == [
+            ("DB_PASS", "a:b=c")
+        ]
+    finally:
+        process.terminate()
+        assert process.wait(timeout=15) == 0
