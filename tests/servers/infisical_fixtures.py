@@ -10,6 +10,10 @@ at teardown.
 
 The credential check waits like axios-retry between retries (0.2, 0.4, 0.8 s); a test that makes Octopus fail on
 purpose can set ``infisical.state.validation_retry_base_delay = 0``.
+
+Secret syncs run with Infisical's own delays (0-10 s before a job, 3 s debounce, 3-24 s between attempts); tests set
+``infisical.state.syncs.timing = SyncTiming.fast()`` (tests/servers/infisical_syncs.py) to keep the same behaviour
+at a fraction of the wait.
 """
 
 from __future__ import annotations

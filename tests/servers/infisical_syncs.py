@@ -81,7 +81,8 @@ tests. Choices where the reference is silent (double's choices):
 - The address guard and a deleted connection fail an attempt like any other error (retried).
 - PATCH with only one of ``environment``/``secretPath`` → 400 "Must specify both source environment and secret path";
   with both, an unknown folder → the 400 folder text.
-- ``spaceName``/``projectName`` in ``destinationConfig`` are kept when strings (the newer revision).
+- ``spaceName``/``projectName`` in ``destinationConfig`` are kept when strings (the newer revision). ``recursive``
+  is accepted and stored but subfolders are not synced; ``keySchema: null`` is a 422 (zod ``.optional()``).
 - Connection delete refused with "Cannot delete App Connection with existing connections. Remove all existing
   connections and try again." (the second sentence is a guess).
 - Lock/concurrency exhaustion of a remove job sets ``removeStatus`` "failed" with the same text as a sync.
@@ -399,7 +400,7 @@ def _sync_options(value: Any, issues: list[dict[str, Any]]) -> dict[str, Any] | 
         )
     out["initialSyncBehavior"] = INITIAL_SYNC_BEHAVIOR
     schema = value.get("keySchema", MISSING)
-    if schema is not MISSING and schema is not None:
+    if schema is not MISSING:  # .optional(): null is not "absent"
         if not isinstance(schema, str):
             issues.append(_invalid_type("string", schema, [*path, "keySchema"]))
         else:
@@ -410,7 +411,7 @@ def _sync_options(value: Any, issues: list[dict[str, Any]]) -> dict[str, Any] | 
                 issues.append({"code": "custom", "message": KEY_SCHEMA_MESSAGE, "path": [*path, "keySchema"]})
             out["keySchema"] = schema
     for flag in ("disableSecretDeletion", "recursive"):
-        if flag in value and value[flag] is not None:
+        if flag in value:
             checked = _boolean(value[flag], [*path, flag], issues)
             if checked is not None:
                 out[flag] = checked

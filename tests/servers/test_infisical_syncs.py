@@ -470,7 +470,7 @@ def test_secret_change_triggers_auto_sync(world: World) -> None:
 def test_sync_now_and_lock_held(world: World) -> None:
     world.secret("A", "1")
     sync = world.create(isAutoSyncEnabled=False)
-    world.octopus.state.faults.latency(1.0, path_suffix="/variables")
+    world.octopus.state.faults.latency(2.0, path_suffix="/variables")
     response = world.api.post(f"{SYNCS}/{sync['id']}/sync-secrets")
     assert response.status_code == 200
     assert response.json()["secretSync"]["syncStatus"] == "pending"
@@ -613,6 +613,8 @@ def test_create_validation_errors(world: World) -> None:
     ]
     assert messages(connectionId="nope") == [(["connectionId"], "Invalid uuid")]
     assert messages(secretPath=" ") == [(["secretPath"], "Secret path required")]
+    null_schema = {"initialSyncBehavior": "overwrite-destination", "keySchema": None}
+    assert messages(syncOptions=null_schema) == [(["syncOptions", "keySchema"], "Expected string, received null")]
     assert world.octopus.state.requests_to("/variables") == []
 
 
@@ -731,7 +733,7 @@ def test_jobs_per_connection_are_limited(world: World) -> None:
     world.secret("A", "1")
     for n in range(2, 6):
         world.octopus.state.projects.add_project("Spaces-1", f"P{n}")
-    world.octopus.state.faults.latency(0.3, path_suffix="/variables")
+    world.octopus.state.faults.latency(0.5, path_suffix="/variables")
     world.infisical.state.syncs.timing = replace(SyncTiming.fast(), requeue_min=0.1, requeue_max=0.2)
     syncs = [
         world.create(
