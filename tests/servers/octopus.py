@@ -775,7 +775,7 @@ class OctopusServer(ThreadedServer):
         path = self._link(f"/api/{space.id}/projects")
         items = [
             {**p, "SpaceId": space.id, "IsDisabled": False, "Links": {"Self": f"{path}/{p['Id']}"}}
-            for p in space.projects
+            for p in self.state.projects.visible(auth, space.projects, request.query)  # filters; per-project rights
         ]
         return _json(200, paging.page("Project", items, path, path + "{/id}{?name,skip,ids,take,partialName}"))
 

@@ -25,6 +25,7 @@ Behaviour → test in tests/servers/test_octopus_projects.py:
 | Behaviour | Test |
 |---|---|
 | projects/all: plain array, ProjectView per project | test_projects_all_is_a_plain_array_filtered_by_project_view |
+| paged projects: ?ids, ?name, ?partialName; ProjectView per project | test_paged_projects_filters_and_restrictions |
 | project by id or slug; other space / unknown → 404 | test_project_by_id_or_slug_and_404s |
 | project outside a ProjectView restriction: 403 | test_project_outside_restriction_is_forbidden |
 | variables GET: document fields, Links, ScopeValues | test_variable_set_document_shape |
@@ -72,6 +73,8 @@ Choices where the reference is silent (double's choice; each is one constant or 
 - ScopeValues list every environment, machine, role and tenant tag of the space, and the project's channels,
   processes (the deployment process, id = project id, then runbooks) and steps (actions).
 - ``/api/users/{id}/permissions`` answers for the key in use; another user's id → 403 naming UserView.
+- Project listings: ``?name`` matches the whole name ignoring case, ``?partialName`` a part of it ignoring case,
+  ``?ids`` a comma-separated list; a ProjectView limited to some projects hides the others (no 403).
 """
 
 from __future__ import annotations
@@ -279,6 +282,18 @@ class ProjectStore:
             )
 
     # Permission decisions
+
+    def visible(self, record: ApiKeyRecord, projects: list[dict[str, Any]], query: Any) -> list[dict[str, Any]]:
+        """The projects a listing shows: ProjectView per project, then ``?ids``, ``?name``, ``?partialName``."""
+        shown = [p for p in projects if self.permitted(record, "ProjectView", p["Id"])]
+        if query.get("ids"):
+            wanted = set(query["ids"].split(","))
+            shown = [p for p in shown if p["Id"] in wanted]
+        if query.get("name"):
+            shown = [p for p in shown if p["Name"].lower() == query["name"].lower()]
+        if query.get("partialName"):
+            shown = [p for p in shown if query["partialName"].lower() in p["Name"].lower()]
+        return shown
 
     def permitted(self, record: ApiKeyRecord, permission: str, project_id: str | None = None) -> bool:
         if record.permissions is not None and permission not in record.permissions:

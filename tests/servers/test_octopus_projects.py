@@ -59,6 +59,27 @@ def test_projects_all_is_a_plain_array_filtered_by_project_view(octopus: Octopus
     assert [p["Id"] for p in call(octopus, "GET", "/api/Spaces-1/projects/all", narrow).json()] == [second]
 
 
+def test_paged_projects_filters_and_restrictions(octopus: OctopusServer) -> None:
+    web = octopus.state.projects.add_project("Spaces-1", "Web App")
+    api = octopus.state.projects.add_project("Spaces-1", "Web API")
+    key = octopus.state.issue_key()
+
+    def names(key: str, **params: str) -> list[str]:
+        response = httpx.get(
+            octopus.url + "/api/Spaces-1/projects", headers={"X-Octopus-ApiKey": key}, params=params, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        return [p["Name"] for p in response.json()["Items"]]
+
+    assert names(key) == ["Hello World", "Web App", "Web API"]
+    assert names(key, name="web app") == ["Web App"]
+    assert names(key, partialName="WEB") == ["Web App", "Web API"]
+    assert names(key, ids=f"{api},Projects-1") == ["Hello World", "Web API"]
+    narrow = octopus.state.issue_key(permissions={"ProjectView"})
+    octopus.state.projects.restrict(narrow, "ProjectView", projects=[web])
+    assert names(narrow) == ["Web App"]
+
+
 def test_project_by_id_or_slug_and_404s(octopus: OctopusServer) -> None:
     key = octopus.state.issue_key()
     other_space = octopus.state.add_space("Platform")
