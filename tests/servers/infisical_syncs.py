@@ -61,6 +61,7 @@ Behaviour → test in tests/servers/test_infisical_syncs.py:
 | delete with removal: row stays until removal succeeds | test_delete_with_removal_succeeds |
 | delete with removal failing leaves the sync, removeStatus failed | test_delete_with_removal_failure_keeps_the_sync |
 | import-secrets → 400 before lookup (422 without importBehavior) | test_import_is_400_before_lookup |
+| TRAP: body-less call with a JSON Content-Type → 500 | test_body_less_calls_with_a_json_type_are_500 |
 | validation: 422 issues (name, initialSyncBehavior, keySchema, spaceId, scope, uuid) | test_create_validation_errors |
 | unknown keys dropped; secretPath trailing slash; defaults | test_create_normalises_and_drops_unknown_keys |
 | name unique per project; 404/403 project; folder 400 | test_create_lookup_errors |

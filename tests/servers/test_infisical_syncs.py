@@ -571,6 +571,15 @@ def test_delete_with_removal_failure_keeps_the_sync(world: World) -> None:
     assert world.octopus_values() == {"A": "1"}
 
 
+def test_body_less_calls_with_a_json_type_are_500(world: World) -> None:
+    sync = world.create(isAutoSyncEnabled=False)
+    headers = {"Content-Type": "application/json"}
+    for method, suffix in (("POST", "/sync-secrets"), ("POST", "/remove-secrets"), ("DELETE", "")):
+        response = world.api.request(method, f"{SYNCS}/{sync['id']}{suffix}", headers=headers)
+        assert_error(response, 500, "Something went wrong")
+    assert world.get(sync["id"]).json()["secretSync"]["syncStatus"] is None
+
+
 def test_import_is_400_before_lookup(world: World) -> None:
     missing = "00000000-0000-4000-8000-000000000000"
     url = f"{SYNCS}/{missing}/import-secrets"
