@@ -162,6 +162,15 @@ import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.servers.infisical_secrets import SecretApi, SecretStore
+from tests.servers.infisical_syncs import (
+    CONNECTION_IN_USE,
+    SecretSyncApi,
+    SyncStore,
+    match_routes,
+)
+from tests.servers.infisical_syncs import add_cli_arguments as add_sync_cli_arguments
+from tests.servers.infisical_syncs import apply_cli_arguments as apply_sync_cli_arguments
 from tests.servers.runner import ServerThread, ThreadedServer
 
 log = logging.getLogger("tests.servers.infisical")
@@ -917,12 +926,8 @@ class InfisicalState:
         # Per-server secrets: the AES-GCM key behind credentialsHash and the HS256 key behind access tokens.
         self._aes = AESGCM(AESGCM.generate_key(bit_length=256))
         self._jwt_secret = secrets.token_bytes(32)
-        # Imported here: these modules build on this one (secrets of projects; Octopus Deploy secret syncs).
-        from tests.servers.infisical_secrets import SecretStore
-        from tests.servers.infisical_syncs import SyncStore
-
-        self.secrets = SecretStore(self)
-        self.syncs = SyncStore(self)
+        self.secrets = SecretStore(self)  # environments, folders and secrets of projects (infisical_secrets.py)
+        self.syncs = SyncStore(self)  # Octopus Deploy secret syncs (infisical_syncs.py)
 
     # Identities and tokens
 
@@ -1320,9 +1325,6 @@ class InfisicalServer(ThreadedServer):
         self.identity_id: str | None = None
         self._thread = ServerThread(self.make_app, port=port)
         self._started = False
-        from tests.servers.infisical_secrets import SecretApi  # here: these build on this module
-        from tests.servers.infisical_syncs import SecretSyncApi
-
         self.secret_api = SecretApi(self)
         self.secret_syncs = SecretSyncApi(self)
         self._extra_routes: tuple[_Route, ...] = (*SecretApi.routes(), *SecretSyncApi.routes())
@@ -1374,7 +1376,9 @@ class InfisicalServer(ThreadedServer):
                 record.fault = "error"
                 message = SOMETHING_WENT_WRONG if fault.status == 500 else f"Injected fault: HTTP {fault.status}"
                 raise ApiError(fault.status, message)
-            route, params = self._match(request.method, request.path)
+            route, params = match_routes(self._extra_routes, request.method, request.path) or self._match(
+                request.method, request.path
+            )
             extra_headers, limited = self.state.faults._count(route.kind)
             if limited is not None:
                 record.fault = "rate_limit"
@@ -1403,7 +1407,7 @@ class InfisicalServer(ThreadedServer):
         return response
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
-        for route in (*ROUTES, *self._extra_routes):
+        for route in ROUTES:
             match = route.pattern.fullmatch(path)
             if match is not None and route.method == method:
                 params = match.groupdict()
@@ -1702,8 +1706,6 @@ class InfisicalServer(ThreadedServer):
         with self.state._lock:
             row = self._row_for(params, actor)
             if self.state.syncs.uses_connection(row.id):
-                from tests.servers.infisical_syncs import CONNECTION_IN_USE
-
                 raise ApiError(400, CONNECTION_IN_USE)
             view = self.state._view(row)
             del self.state._connections[row.id]
@@ -1876,9 +1878,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-namespaces", help="comma-separated")
     parser.add_argument("--allowed-names", help="comma-separated")
     parser.add_argument("--allowed-audience")
-    from tests.servers import infisical_syncs  # here: it builds on this module
-
-    infisical_syncs.add_cli_arguments(parser)
+    add_sync_cli_arguments(parser)
     args = parser.parse_args(argv)
     if (args.client_id is None) != (args.client_secret is None):
         parser.error("--client-id and --client-secret go together")
@@ -1896,7 +1896,7 @@ def main(argv: list[str] | None = None) -> int:
     state = server.state
     for project_id in args.project_id:
         state.add_project(project_id, org_id=args.org_id)
-    infisical_syncs.apply_cli_arguments(args, state)
+    apply_sync_cli_arguments(args, state)
     if args.client_id is not None:
         server.client_id, server.client_secret = args.client_id, args.client_secret
         server.identity_id = state.add_universal_identity(

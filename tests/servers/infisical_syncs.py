@@ -1215,6 +1215,15 @@ def _axios_message(status: int, text: str) -> str:
     return json.dumps(parsed, separators=(",", ":"), ensure_ascii=False)
 
 
+def match_routes(routes: Any, method: str, path: str) -> tuple[Any, dict[str, str]] | None:
+    """The first of ``routes`` (infisical.py's ``_Route``) that matches, with its parameters; None when none does."""
+    for route in routes:
+        match = route.pattern.fullmatch(path)
+        if match is not None and route.method == method:
+            return route, match.groupdict()
+    return None
+
+
 def _uuid_param(value: str) -> None:
     from tests.servers.infisical import UUID_RE, _unprocessable
 

@@ -117,6 +117,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.servers.octopus_projects import ProjectRoutes, ProjectStore
 from tests.servers.runner import ServerThread, ThreadedServer
 
 # --- Texts and numbers from the page -------------------------------------------------------------------------------
@@ -306,10 +307,7 @@ class OctopusState:
         self.add_user(SERVICE_ACCOUNT_ID, "octoconn", display_name="octoconn service account", is_service=True)
         default_space = self.add_space("Default", is_default=True)
         self.add_project(default_space, "Hello World")
-        # Imported here: octopus_projects builds on this module (scope values, variable sets, per-project permissions).
-        from tests.servers.octopus_projects import ProjectStore
-
-        self.projects = ProjectStore(self)
+        self.projects = ProjectStore(self)  # scope values, variable sets, per-project permissions
 
     # Users and keys
 
@@ -568,9 +566,7 @@ class OctopusServer(ThreadedServer):
         app.router.add_get(api + "/spaces", self._spaces)
         app.router.add_get(api + "/spaces/all", self._spaces_all)
         app.router.add_get(api + "/{space_id}/projects", self._projects)
-        from tests.servers.octopus_projects import ProjectRoutes  # here: that module builds on this one
-
-        ProjectRoutes(self).register(app, api)
+        ProjectRoutes(self).register(app, api)  # projects, variable sets, permissions: octopus_projects.py
         return app
 
     async def _on_shutdown(self, app: web.Application) -> None:
