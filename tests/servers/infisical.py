@@ -1896,7 +1896,6 @@ def main(argv: list[str] | None = None) -> int:
     state = server.state
     for project_id in args.project_id:
         state.add_project(project_id, org_id=args.org_id)
-    apply_sync_cli_arguments(args, state)
     if args.client_id is not None:
         server.client_id, server.client_secret = args.client_id, args.client_secret
         server.identity_id = state.add_universal_identity(
@@ -1917,6 +1916,7 @@ def main(argv: list[str] | None = None) -> int:
             access_token_ttl=args.access_token_ttl,
             access_token_max_ttl=args.access_token_ttl,
         )
+    apply_sync_cli_arguments(args, state)  # after --project-id: seeded secrets need their project
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
