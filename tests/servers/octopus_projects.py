@@ -71,7 +71,8 @@ Choices where the reference is silent (double's choice; each is one constant or 
 - The variables routes accept ids only; a slug or a name → 404 ``NOT_FOUND_MESSAGE``. Unknown space or project →
   404 before any permission check, like the existing projects probe.
 - ScopeValues list every environment, machine, role and tenant tag of the space, and the project's channels,
-  processes (the deployment process, id = project id, then runbooks) and steps (actions).
+  processes (the deployment process, id = project id, named "Deployment process", then runbooks) and steps
+  (actions).
 - ``/api/users/{id}/permissions`` answers for the key in use; another user's id → 403 naming UserView.
 - Project listings: ``?name`` matches the whole name ignoring case, ``?partialName`` a part of it ignoring case,
   ``?ids`` a comma-separated list; a ProjectView limited to some projects hides the others (no 403).
@@ -347,8 +348,7 @@ class ProjectStore:
         for role in [r for m in space.machines.values() for r in m.roles] + space.extra_roles:
             if role not in roles:
                 roles.append(role)
-        project_name = self._project_name(data.project_id)
-        processes = [{"ProcessType": "Deployment", "Id": data.project_id, "Name": f"{project_name} deployment process"}]
+        processes = [{"ProcessType": "Deployment", "Id": data.project_id, "Name": "Deployment process"}]
         processes += [{"ProcessType": "Runbook", "Id": i, "Name": n} for i, n in data.runbooks.items()]
         return {
             "Environments": [{"Id": i, "Name": n} for i, n in space.environments.items()],
@@ -359,13 +359,6 @@ class ProjectStore:
             "TenantTags": [{"Id": t, "Name": t.split("/", 1)[1]} for t in space.tenant_tags],
             "Processes": processes,
         }
-
-    def _project_name(self, project_id: str) -> str:
-        for space in self._state._space_list():
-            for project in space.projects:
-                if project["Id"] == project_id:
-                    return str(project["Name"])
-        return project_id
 
 
 # --- HTTP ----------------------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_scope_values_list_every_kind(octopus: OctopusServer) -> None:
     assert tag == "Region/us-east"
     assert [c["Name"] for c in values["Channels"]] == ["Default"]
     assert values["Processes"] == [
-        {"ProcessType": "Deployment", "Id": "Projects-1", "Name": "Hello World deployment process"},
+        {"ProcessType": "Deployment", "Id": "Projects-1", "Name": "Deployment process"},
         {"ProcessType": "Runbook", "Id": runbook, "Name": "Rotate keys"},
     ]
     assert values["Actions"] == [{"Id": action, "Name": "Deploy web"}]
