@@ -975,7 +975,10 @@ class SecretSyncApi:
         if self._stopping or loop.is_closed() or not self.server._started:
             return
         self._incoming += 1
-        loop.call_soon_threadsafe(self._debounce, (project_id, environment, path))
+        try:
+            loop.call_soon_threadsafe(self._debounce, (project_id, environment, path))
+        except RuntimeError:  # the loop closed in between: the server is gone, so is its engine
+            self._incoming -= 1
 
     def busy(self) -> bool:
         """Is anything queued, debouncing or running? Tests wait for False before counting calls."""
