@@ -154,6 +154,20 @@ class NameConflict(InfisicalRejected):
     reason = "NameConflict"
 
 
+class InfisicalUnsupported(InfisicalError):
+    """This Infisical server has no Octopus Deploy app connections at all (a release from before December 2025)."""
+
+    reason = "InfisicalUnsupported"
+    retry = Retry.SLOW  # an upgrade of Infisical changes nothing the operator watches: look again now and then
+
+
+class InfisicalIgnoredRequest(InfisicalError):
+    """Infisical answered a create or update with success but did not store what was asked (e.g. projectId)."""
+
+    reason = "InfisicalIgnoredRequest"
+    retry = Retry.WAIT_FOR_CHANGE
+
+
 class InfisicalNotFound(InfisicalError):
     reason = "InfisicalNotFound"
     retry = Retry.BACKOFF

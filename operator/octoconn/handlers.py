@@ -93,13 +93,14 @@ def wake_on_secret(type: str, namespace: str | None, name: str, memo: Any, **kwa
 @kopf.on.delete(*ODC, id="finalize")
 async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    res = Resource.from_body(body)
+    res = Resource.from_body(runtime.statuses.view(body))
     emit = _emitter(body)
     try:
         events = await runtime.reconciler.finalize(res)
     except errors.OctoconnError as exc:
         delay = await runtime.report_deletion_blocked(res, exc, emit, attempt=retry + 1)
         raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=delay) from None
+    runtime.statuses.forget(res.namespace, res.name)
     for event in events:
         emit(event)
 

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 _CONNECTIONS = "/api/v1/app-connections/octopus-deploy"
 _DUPLICATE_NAME = re.compile(r'An App Connection with the name "(?P<name>.*)" already exists')
+# A lookup by name under our app's path finds another app's connection: names are unique across all apps.
+_OTHER_APP = re.compile(r'App Connection with name (?P<name>.*) is not for App "(?P<app>[^"]*)"')
+# Infisical (Fastify) itself answering that it has no route for exactly our path: the app connection is missing.
+# A wrong base path shows up in the message as a different path and is reported as a URL problem instead.
+_NO_OCTOPUS_ROUTES = re.compile(rf"^Route [A-Z]+:{re.escape(_CONNECTIONS)}(/\S*)? not found")
 _TRY_AGAIN_IN = re.compile(r"try again in (?P<seconds>\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
 _DEFAULT_RATE_LIMIT_WAIT = 60.0  # Infisical's limits are per minute: without a hint, wait out one window
 # Infisical's own Kubernetes operator re-logs in after 70% of expiresIn; the margin covers clock skew and slow calls.
@@ -418,7 +423,17 @@ class InfisicalClient:
             if status == 400 and duplicate:
                 return errors.NameConflict(
                     f'Infisical already has an app connection named "{duplicate["name"]}" in this scope{ref}: '
-                    "choose another connectionName, or remove or adopt the existing connection",
+                    "choose another spec.connectionName, or rename or delete that connection in Infisical",
+                    status_code=status,
+                )
+            other_app = _OTHER_APP.search(message)
+            if status == 400 and other_app:
+                # Adopting cannot help: the operator can only manage Octopus Deploy connections.
+                return errors.NameConflict(
+                    f'The name "{other_app["name"]}" is taken in Infisical by a connection of another app (not Octopus '
+                    f"Deploy){ref}; connection names are unique across all apps, and a connection of another app "
+                    "cannot be adopted. Choose another spec.connectionName, or rename or delete that connection in "
+                    "Infisical",
                     status_code=status,
                 )
             return errors.InfisicalRejected(f"Infisical refused to {what}: {message}{ref}", status_code=status)
@@ -435,6 +450,14 @@ class InfisicalClient:
                 status_code=status,
             )
         if status == 404:
+            if _NO_OCTOPUS_ROUTES.match(message) and _is_infisical_body(response):
+                # Infisical itself answered, but has no such route: a release without Octopus Deploy connections.
+                return errors.InfisicalUnsupported(
+                    f"Infisical at {self.base_url} has no Octopus Deploy app connections (it answered {message!r} "
+                    f"when asked to {what}){ref}. They exist in Infisical releases from December 2025 on: upgrade "
+                    "Infisical, or point the operator at one that has them",
+                    status_code=status,
+                )
             if not _is_infisical_not_found(response):
                 # A route, not a row, is missing (wrong URL, a proxy): reading it as "gone" would make the caller
                 # recreate a connection that may still exist.
@@ -514,13 +537,17 @@ def _token_refused(response: httpx.Response) -> bool:
     return body is not None and body.get("error") == "TokenError"
 
 
+def _is_infisical_body(response: httpx.Response) -> bool:
+    """An error body in Infisical's own shape (``statusCode``/``error``), not a proxy's page."""
+    body = json_object(response)
+    return body is not None and (body.get("statusCode") == response.status_code or body.get("error") == "NotFound")
+
+
 def _is_infisical_not_found(response: httpx.Response) -> bool:
     """Infisical's own "no such row" 404, as opposed to a proxy's 404 or Infisical's "Route ... not found"."""
-    if response.status_code != 404:
+    if response.status_code != 404 or not _is_infisical_body(response):
         return False
-    body = json_object(response)
-    if body is None or not (body.get("statusCode") == 404 or body.get("error") == "NotFound"):
-        return False
+    body = json_object(response) or {}
     message = body.get("message")
     return not (isinstance(message, str) and message.startswith("Route "))
 

@@ -56,14 +56,17 @@ class KubeClient:
                 return None
             raise KubeError(f"reading Secret {namespace}/{name} failed: {_describe(exc)}") from None
         meta = secret.metadata
+        text, undecodable = decode_secret_data({k: str(v) for k, v in (secret.data or {}).items()})
         return SecretData(
             resource_version=(meta.resource_version if meta else None) or "",
-            data=decode_secret_data({k: str(v) for k, v in (secret.data or {}).items()}),
+            data=text,
+            undecodable=undecodable,
         )
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the status; return the object as stored afterwards (None when it is gone)."""
         try:
-            await asyncio.to_thread(
+            stored = await asyncio.to_thread(
                 self._custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -76,8 +79,9 @@ class KubeClient:
             )
         except ApiException as exc:
             if exc.status == 404:
-                return  # deleted meanwhile: nothing left to record
+                return None  # deleted meanwhile: nothing left to record
             raise KubeError(f"patching status of {namespace}/{name} failed: {_describe(exc)}") from None
+        return stored if isinstance(stored, dict) else None
 
     async def service_account_token(self, namespace: str, name: str, *, audience: str | None, ttl_seconds: int) -> str:
         """A short-lived token for the ServiceAccount (TokenRequest), as Infisical's own operator sends."""
@@ -99,12 +103,31 @@ class KubeClient:
         self._api.close()  # type: ignore[no-untyped-call]
 
 
-def decode_secret_data(data: Mapping[str, str]) -> dict[str, str]:
-    """Base64-decode a Secret's ``data``; values that are not UTF-8 text are left out (a key is text)."""
-    out: dict[str, str] = {}
+def decode_secret_data(data: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Base64-decode a Secret's ``data``: (UTF-8 text values, {key: what each other value looks like}).
+
+    A key is text, but the ones that are not UTF-8 are still reported by name, so a message can say "the key exists
+    but is saved as UTF-16" instead of "there is no such key". Only a label describes them, never their content.
+    """
+    text: dict[str, str] = {}
+    undecodable: dict[str, str] = {}
     for key, value in data.items():
         try:
-            out[key] = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            undecodable[key] = "not base64"
             continue
-    return out
+        try:
+            text[key] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            undecodable[key] = _describe_bytes(raw)
+    return text, undecodable
+
+
+def _describe_bytes(raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    # ASCII text saved as UTF-16 without a byte-order mark: every other byte is zero.
+    if len(raw) >= 4 and (not any(raw[1::2]) or not any(raw[0::2])):
+        return "UTF-16"
+    return "binary data or text in another encoding"

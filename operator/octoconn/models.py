@@ -282,6 +282,23 @@ class PendingCreate(_Model):
     ]
 
 
+class RefusedWrite(_Model):
+    """A create or update Infisical refused for good (HTTP 400/422), kept so it is not sent again for nothing.
+
+    It holds for the generation, Secret version and reconcile-requested-at value it was refused at: a change to any
+    of them sends the request again. Survives operator restarts because it lives in status.
+    """
+
+    operation: Annotated[Literal["create", "update"], Field(description="The refused request.")]
+    generation: Annotated[int, Field(description="metadata.generation the request was refused at.", ge=0)]
+    secret_resource_version: Annotated[str, Field(description="resourceVersion of the API key Secret at the time.")]
+    reconcile_requested_at: Annotated[
+        str | None, Field(description="Value of the octoconn.dev/reconcile-requested-at annotation at the time.")
+    ] = None
+    reason: Annotated[str, Field(description="Condition reason of the refusal.", max_length=1024)]
+    message: Annotated[str, Field(description="What Infisical answered, and what to do.", max_length=32768)]
+
+
 class OctopusDeployConnectionStatus(_Model):
     """Observed state, written only by the operator. Never contains secret material."""
 
@@ -315,6 +332,13 @@ class OctopusDeployConnectionStatus(_Model):
     pending_create: Annotated[
         PendingCreate | None,
         Field(description="Set while a create call to Infisical is in flight; cleared once the id is recorded."),
+    ] = None
+    refused_write: Annotated[
+        RefusedWrite | None,
+        Field(
+            description="Set while Infisical's definitive refusal of a create or update stands; that request is not "
+            "sent again until the resource, its Secret or octoconn.dev/reconcile-requested-at changes."
+        ),
     ] = None
     conditions: Annotated[
         list[Condition] | None,

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -27,6 +28,7 @@ from octoconn.infisical import AppConnection
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
     ANNOTATION_PAUSED,
+    ANNOTATION_RECONCILE_REQUESTED_AT,
     DEFAULT_CLIENT_ID_KEY,
     DEFAULT_CLIENT_SECRET_KEY,
     Condition,
@@ -34,6 +36,7 @@ from octoconn.models import (
     OctopusDeployConnectionStatus,
     OctopusIdentityStatus,
     PendingCreate,
+    RefusedWrite,
 )
 from octoconn.octopus import OctopusIdentity, normalize_instance_url
 
@@ -53,6 +56,8 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class SecretData:
     resource_version: str
     data: Mapping[str, str]  # decoded values
+    # Keys whose value is not UTF-8 text -> a guess at what it is ("UTF-16", "binary"); never the value itself.
+    undecodable: Mapping[str, str] = field(default_factory=dict)
 
 
 class SecretReader(Protocol):
@@ -93,7 +98,7 @@ class StoreFactory(Protocol):
 
 
 class StatusWriter(Protocol):
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> object: ...
 
 
 # --- inputs and outputs ------------------------------------------------------------------------------------------
@@ -132,6 +137,10 @@ class Resource:
     def adopt_existing(self) -> bool:
         return self.annotations.get(ANNOTATION_ADOPT_EXISTING, "").strip().lower() == "true"
 
+    @property
+    def reconcile_requested_at(self) -> str | None:
+        return self.annotations.get(ANNOTATION_RECONCILE_REQUESTED_AT)
+
 
 @dataclass(frozen=True)
 class Event:
@@ -164,6 +173,46 @@ def parse_time(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# JavaScript's String.prototype.trim, which Infisical's schemas apply: Unicode spaces and the byte-order mark.
+_JS_TRIM = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")
+
+
+def js_trim(text: str) -> str:
+    return _JS_TRIM.sub("", text)
+
+
+def stored_description(description: str | None) -> str | None:
+    """The description as Infisical stores it (trimmed); an empty one counts as none."""
+    return (js_trim(description) or None) if description is not None else None
+
+
+def ignored_by_infisical(
+    remote: AppConnection, *, name: str, description: str | None, project_id: str | None, instance_url: str
+) -> list[str]:
+    """What Infisical did not do of what was asked, compared with what it would store (trimmed values)."""
+    problems: list[str] = []
+    if remote.project_id != project_id:
+        if project_id and not remote.project_id:
+            problems.append(
+                f"it ignored projectId {project_id} and holds an organization-level connection: this Infisical server "
+                "does not support project-level app connections. Upgrade Infisical, or delete this resource and "
+                "create it again without spec.projectId (projectId cannot change)"
+            )
+        else:
+            problems.append(
+                f"it holds the connection in project {remote.project_id or '(none)'} instead of "
+                f"{project_id or 'the organization'}"
+            )
+    if remote.name != js_trim(name):
+        problems.append(f'it stored the name "{remote.name}" instead of "{name}"')
+    wanted = stored_description(description)
+    if (remote.description or None) != wanted:
+        problems.append(f"it stored the description {remote.description!r} instead of {wanted!r}")
+    if remote.instance_url != js_trim(instance_url):
+        problems.append(f"it stored the instance URL {remote.instance_url!r} instead of {instance_url!r}")
+    return problems
 
 
 def key_digest(api_key: str) -> str:
@@ -312,7 +361,8 @@ def plan_update(
     drift = recorded_hash is not None and remote.credentials_hash != recorded_hash
     return PatchPlan(
         name=desired_name if remote.name != desired_name else None,
-        description_changed=(remote.description or None) != (desired_description or None),
+        # Compared with what Infisical would store, or a description with surrounding spaces is sent at every check.
+        description_changed=(remote.description or None) != stored_description(desired_description),
         description=desired_description,
         push_credentials=key_changed or drift or remote.instance_url != instance_url,
         drift_repaired=drift,
@@ -402,6 +452,8 @@ class ConnectionReconciler:
             now=now,
         )
 
+        if status.refused_write is not None and not _refusal_holds(res, status.refused_write, secret_version):
+            status.refused_write = None  # something changed since: the request may be sent again
         try:
             store = await self._store_for(res)
             remote, action = await self._sync(res, status, store, api_key, secret_version, url, now)
@@ -419,7 +471,10 @@ class ConnectionReconciler:
                 status.pending_create = None  # a definite refusal: nothing was created
             # An outage says nothing about the connection itself, which Infisical still holds: Unknown, not False.
             state: ConditionStatus = "Unknown" if transient else "False"
-            return self._finish(res, status, now, synced=(state, exc.reason, exc.message), error=exc)
+            message = exc.message
+            if status.refused_write is not None and status.refused_write.reason == exc.reason:
+                message = f"{message.rstrip('.')}. {_NOT_SENT_AGAIN}"
+            return self._finish(res, status, now, synced=(state, exc.reason, message), error=exc)
 
         self._pushed_keys[res.uid] = key_digest(api_key)
         status.id = remote.id
@@ -430,8 +485,33 @@ class ConnectionReconciler:
         status.connection_name = remote.name
         status.instance_url = remote.instance_url
         status.secret_resource_version = secret_version
-        status.last_synced_time = rfc3339(now)
         status.pending_create = None
+        ignored = ignored_by_infisical(
+            remote,
+            name=res.connection_name,
+            description=res.spec.description,
+            project_id=res.spec.project_id,
+            instance_url=url,
+        )
+        if ignored:
+            # Infisical said yes but did not do all of it (an older release drops what it does not know): the
+            # resource is not what was asked, so it is not Ready, and the same request is not sent again for nothing.
+            error = errors.InfisicalIgnoredRequest(
+                f"Infisical answered with success but {'; '.join(ignored)}. Connection {remote.name} ({remote.id})"
+            )
+            if action is not None:
+                status.refused_write = _refusal(
+                    res, "create" if action.reason == "Created" else "update", secret_version, error
+                )
+            message = error.message
+            if status.refused_write is not None:
+                message = f"{message}. {_NOT_SENT_AGAIN}"
+            outcome = self._finish(res, status, now, synced=("False", error.reason, message), error=error)
+            if action is not None:
+                outcome.events.insert(0, action)
+            return outcome
+        status.last_synced_time = rfc3339(now)
+        status.refused_write = None
         reason = action.reason if action is not None and action.reason == "DriftRepaired" else "UpToDate"
         message = action.message if action is not None else f"Infisical connection {remote.name} ({remote.id}) matches."
         outcome = self._finish(res, status, now, synced=("True", reason, message))
@@ -457,7 +537,10 @@ class ConnectionReconciler:
         connection_id = res.status.id
         if connection_id is None and res.status.pending_create is not None:
             marker = res.status.pending_create
-            ours, _ = await self._lookup(store, marker, name=marker.name, project_id=marker.project_id)
+            try:
+                ours, _ = await self._lookup(store, marker, name=marker.name, project_id=marker.project_id)
+            except errors.NameConflict:
+                ours = None  # another app's connection holds the name: the interrupted create made nothing
             connection_id = ours.id if ours else None
         if connection_id is None:
             self.forget(res.uid)
@@ -484,9 +567,13 @@ class ConnectionReconciler:
                 f"Secret {res.namespace}/{ref.name} was not found. Create it with the Octopus API key under "
                 f'"{ref.data_key()}"; {then}.'
             )
-        api_key = secret.data.get(ref.data_key(), "").strip()
+        undecodable = secret.undecodable.get(ref.data_key())
+        if undecodable is not None:
+            raise errors.MalformedApiKey(_not_text_message(res, ref.name, ref.data_key(), undecodable))
+        # Trimmed like Infisical trims (a UTF-8 byte-order mark too): an editor's mark is not part of the key.
+        api_key = js_trim(secret.data.get(ref.data_key(), ""))
         if not api_key:
-            keys = ", ".join(sorted(secret.data)) or "none"
+            keys = ", ".join(sorted({*secret.data, *secret.undecodable})) or "none"
             raise errors.SecretKeyMissing(
                 f'Secret {res.namespace}/{ref.name} has no non-empty key "{ref.data_key()}" (keys present: {keys}). '
                 "Add the API key there or set spec.apiKeySecretRef.key."
@@ -511,7 +598,7 @@ class ConnectionReconciler:
             )
         id_key = ref.client_id_key or DEFAULT_CLIENT_ID_KEY
         secret_key = ref.client_secret_key or DEFAULT_CLIENT_SECRET_KEY
-        client_id, client_secret = secret.data.get(id_key, "").strip(), secret.data.get(secret_key, "").strip()
+        client_id, client_secret = js_trim(secret.data.get(id_key, "")), js_trim(secret.data.get(secret_key, ""))
         if not client_id or not client_secret:
             raise errors.InfisicalCredentialsMissing(
                 f'Secret {res.namespace}/{ref.name} needs non-empty "{id_key}" and "{secret_key}" keys.'
@@ -574,8 +661,18 @@ class ConnectionReconciler:
             await self._status_writer.patch_status(
                 res.namespace, res.name, {"pendingCreate": pending.model_dump(by_alias=True, mode="json")}
             )
-            remote = await store.create(
-                name=name, description=description, project_id=res.spec.project_id, instance_url=url, api_key=api_key
+            remote = await self._write(
+                res,
+                status,
+                "create",
+                secret_version,
+                lambda: store.create(
+                    name=name,
+                    description=description,
+                    project_id=res.spec.project_id,
+                    instance_url=url,
+                    api_key=api_key,
+                ),
             )
             if recreate:
                 message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
@@ -593,12 +690,41 @@ class ConnectionReconciler:
         )
         if plan.empty:
             return remote, None
-        updated = await self._apply(store, remote.id, plan, url, api_key)
+        try:
+            updated = await self._write(
+                res, status, "update", secret_version, lambda: self._apply(store, remote.id, plan, url, api_key)
+            )
+        except errors.NameConflict as exc:
+            if plan.name is None:
+                raise
+            # The adopt annotation does not apply here: a rename never takes over another connection.
+            raise errors.NameConflict(
+                f'Cannot rename Infisical connection {remote.id} from "{remote.name}" to "{plan.name}": {exc.message}',
+                status_code=exc.status_code,
+            ) from None
         if plan.drift_repaired:
             message = "credentialsHash was changed outside the cluster; pushed the Secret's key again."
             return updated, Event("Warning", "DriftRepaired", message)
         changed = [label for label, on in _plan_labels(plan) if on]
         return updated, Event("Normal", "Updated", f"Updated {', '.join(changed)} of connection {updated.id}.")
+
+    async def _write(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        operation: Literal["create", "update"],
+        secret_version: str,
+        call: Callable[[], Awaitable[AppConnection]],
+    ) -> AppConnection:
+        """Send a create or update, unless Infisical already refused it for good and nothing has changed since."""
+        refused = status.refused_write
+        if refused is not None and refused.operation == operation and _refusal_holds(res, refused, secret_version):
+            raise _remembered(refused)
+        try:
+            return await call()
+        except errors.InfisicalRejected as exc:  # 400/422: sending the same again would get the same answer
+            status.refused_write = _refusal(res, operation, secret_version, exc)
+            raise
 
     async def _update(
         self, res: Resource, store: ConnectionStore, remote: AppConnection, api_key: str, url: str, *, key_changed: bool
@@ -662,9 +788,57 @@ class ConnectionReconciler:
 
 
 _TRANSIENT = (errors.Retry.BACKOFF, errors.Retry.RATE_LIMITED)
+_NOT_SENT_AGAIN = (
+    "This request is not sent again until the resource or its Secret changes; after fixing the cause in Infisical, "
+    "set the annotation octoconn.dev/reconcile-requested-at to a new value to retry now."
+)
+_REFUSALS: dict[str, type[errors.InfisicalError]] = {
+    errors.NameConflict.reason: errors.NameConflict,
+    errors.InfisicalIgnoredRequest.reason: errors.InfisicalIgnoredRequest,
+}
+
+
+def _refusal(
+    res: Resource, operation: Literal["create", "update"], secret_version: str, error: errors.OctoconnError
+) -> RefusedWrite:
+    return RefusedWrite(
+        operation=operation,
+        generation=res.generation,
+        secret_resource_version=secret_version,
+        reconcile_requested_at=res.reconcile_requested_at,
+        reason=error.reason,
+        message=error.message,
+    )
+
+
+def _refusal_holds(res: Resource, refused: RefusedWrite, secret_version: str) -> bool:
+    return (refused.generation, refused.secret_resource_version, refused.reconcile_requested_at) == (
+        res.generation,
+        secret_version,
+        res.reconcile_requested_at,
+    )
+
+
+def _remembered(refused: RefusedWrite) -> errors.InfisicalError:
+    return _REFUSALS.get(refused.reason, errors.InfisicalRejected)(refused.message)
+
+
 _PAUSED_MESSAGE = (
     'Paused by the annotation octoconn.dev/paused="true": no calls to Octopus or Infisical. Remove it to resume.'
 )
+
+
+def _not_text_message(res: Resource, secret: str, key: str, looks_like: str) -> str:
+    message = (
+        f'Secret {res.namespace}/{secret} has the key "{key}", but its value is not UTF-8 text (it looks like '
+        f"{looks_like}). Save the API key as plain UTF-8 or ASCII text and put it in the Secret again"
+    )
+    if looks_like == "UTF-16":
+        message += (
+            ", e.g. iconv -f UTF-16 -t UTF-8 key.txt > key-utf8.txt, then kubectl create secret generic "
+            f"{secret} -n {res.namespace} --from-file={key}=key-utf8.txt --dry-run=client -o yaml | kubectl apply -f -"
+        )
+    return message + "."
 
 
 def _created_after(connection: AppConnection, marker: PendingCreate) -> bool:

@@ -82,6 +82,48 @@ class StorePool:
             await store.aclose()
 
 
+class StatusMemory:
+    """The ``StatusWriter`` port in front of the Kubernetes client: remembers the last status written per resource.
+
+    Kopf refreshes a daemon's ``body`` from the watch stream, which can lag behind our own writes: a pass that
+    starts right after a status write may read a body from before it, and would act on that old view (adopt its own
+    connection "created by an earlier try" and send the credentials again, or call its own connection a
+    NameConflict). Only this operator writes status, so the status it last wrote is the truth until the watch has
+    caught up with it; ``view`` puts it into whatever body is read meanwhile.
+    """
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        # (namespace, name) -> (uid, status as the API server stored it after our last write)
+        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+        stored = await self._kube.patch_status(namespace, name, status)
+        if stored is None:
+            self._written.pop((namespace, name), None)
+            return None
+        uid = str((stored.get("metadata") or {}).get("uid") or "")
+        self._written[(namespace, name)] = (uid, dict(stored.get("status") or {}))
+        return stored
+
+    def view(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``body`` with our last written status when the watch has not delivered that write yet."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        written = self._written.get(key)
+        if written is None:
+            return dict(body)
+        uid, status = written
+        if uid != meta.get("uid") or body.get("status") == status:
+            # Another object of the same name, or the watch has caught up: the body is the truth again.
+            del self._written[key]
+            return dict(body)
+        return {**body, "status": status}
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._written.pop((namespace, name), None)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -89,6 +131,7 @@ class Runtime:
     octopus: OctopusClient
     stores: StorePool
     reconciler: ConnectionReconciler
+    statuses: StatusMemory
     kicks: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     # connection id -> "namespace/name" of the resources recording it; Kopf's live index, set by the handlers.
     connection_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
@@ -114,15 +157,18 @@ class Runtime:
             timeout=settings.infisical_timeout_seconds,
         )
         stores = StorePool(settings, default, pacer, read_pacer)
+        statuses = StatusMemory(kube)
         runtime: Runtime
         reconciler = ConnectionReconciler(
             secrets=kube,
             octopus=octopus,
             stores=stores,
-            status_writer=kube,
+            status_writer=statuses,
             owners_of=lambda connection_id: runtime.connection_owners.get(connection_id, ()),
         )
-        runtime = cls(settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler)
+        runtime = cls(
+            settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler, statuses=statuses
+        )
         return runtime
 
     def kick(self, namespace: str, name: str) -> None:
@@ -135,7 +181,7 @@ class Runtime:
             self._slots = asyncio.Semaphore(self.settings.max_workers)
         async with self._slots:
             outcome = await self.reconciler.reconcile(res)
-            await self.kube.patch_status(res.namespace, res.name, outcome.status.to_patch())
+            await self.statuses.patch_status(res.namespace, res.name, outcome.status.to_patch())
         for event in outcome.events:
             emit(event)
         return outcome
@@ -145,7 +191,7 @@ class Runtime:
     ) -> float:
         """Show a stuck deletion where users look (Ready, Events); return when to try again."""
         status, events = deletion_blocked(res, error, utcnow())
-        await self.kube.patch_status(res.namespace, res.name, status.to_patch())
+        await self.statuses.patch_status(res.namespace, res.name, status.to_patch())
         for event in events:
             emit(event)
         s = self.settings
@@ -172,7 +218,7 @@ class Runtime:
         Returns when ``stopped()`` resolves (the resource is being deleted, or the operator is exiting), so Kopf
         never has to cancel the loop in the middle of a call.
         """
-        first = Resource.from_body(body_reader())
+        first = Resource.from_body(self.statuses.view(body_reader()))
         key = (first.namespace, first.name)
         kick = self.kicks.setdefault(key, asyncio.Event())
         stopping = asyncio.ensure_future(stopped())
@@ -189,7 +235,7 @@ class Runtime:
                 woken.cancel()
             while not stopping.done():
                 kick.clear()
-                outcome = await self._guarded(Resource.from_body(body_reader()), emit, logger)
+                outcome = await self._guarded(Resource.from_body(self.statuses.view(body_reader())), emit, logger)
                 delay = self._next_delay(outcome, failures + 1)
                 failures = failures + 1 if outcome is None or outcome.error is not None else 0
                 logger.debug("next reconcile in %.0fs unless woken", delay)

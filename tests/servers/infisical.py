@@ -917,6 +917,12 @@ class InfisicalState:
         self.validation_retry_base_delay = 0.1  # axios-retry exponentialDelay: 2^n * 100 ms
         self.validation_timeout = 30.0
         self.octopus_ca_pem: str | None = None  # extra CA trusted for Octopus HTTPS (NODE_EXTRA_CA_CERTS)
+        # "Older release" mode: a server from before project-level app connections. Create silently drops projectId
+        # (an org-level connection, no project check) and lookups ignore ?projectId=, as such a server's schemas
+        # strip the unknown key (docs/remote-apis.md).
+        self.older_release = False
+        # False: a release from before the Octopus Deploy app connection existed; its routes answer 404 "Route ...".
+        self.octopus_app_available = True
         self._identities: dict[str, _Identity] = {}
         self._tokens: dict[str, _Token] = {}
         self._issued_token_values: list[str] = []
@@ -1412,6 +1418,8 @@ class InfisicalServer(ThreadedServer):
             if match is not None and route.method == method:
                 params = match.groupdict()
                 app = params.get("app")
+                if app == OCTOPUS_APP and not self.state.octopus_app_available:
+                    break
                 if app is None or app == OCTOPUS_APP or app in OTHER_APPS:
                     return route, params
         raise ApiError(404, f"Route {method}:{path} not found")
@@ -1592,6 +1600,8 @@ class InfisicalServer(ThreadedServer):
         app = params["app"]
         project_id = request.query.get("projectId") or None
         state = self.state
+        if state.older_release:
+            project_id = None
         with state._lock:
             if project_id is not None:
                 self._project_for(project_id, actor)
@@ -1607,8 +1617,8 @@ class InfisicalServer(ThreadedServer):
         name = params["name"].strip()
         if not name:
             raise _unprocessable([_too_small(1, ["connectionName"], "Connection name required")])
-        project_id = request.query.get("projectId") or None
         state = self.state
+        project_id = None if state.older_release else request.query.get("projectId") or None
         with state._lock:
             row = next(
                 (
@@ -1644,6 +1654,8 @@ class InfisicalServer(ThreadedServer):
         fields = parse_create_body(body)
         state = self.state
         project_id = fields["projectId"] if fields["projectId"] is not MISSING else None
+        if state.older_release:
+            project_id = None  # not in that release's schema: stripped like any unknown key
         if project_id == "":
             raise _internal()  # an empty string reaches the uuid column
         if project_id is not None:
