@@ -118,9 +118,15 @@ def decode_secret_data(data: Mapping[str, str]) -> tuple[dict[str, str], dict[st
             undecodable[key] = "not base64"
             continue
         try:
-            text[key] = raw.decode("utf-8")
+            value = raw.decode("utf-8")
         except UnicodeDecodeError:
             undecodable[key] = _describe_bytes(raw)
+            continue
+        if "\x00" in value and _describe_bytes(raw) == "UTF-16":
+            # ASCII saved as UTF-16 without a byte-order mark is valid UTF-8, full of NULs: still not the text.
+            undecodable[key] = "UTF-16"
+            continue
+        text[key] = value
     return text, undecodable
 
 

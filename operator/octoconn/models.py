@@ -25,7 +25,7 @@ DEFAULT_API_KEY_SECRET_KEY = "apiKey"
 DEFAULT_CLIENT_ID_KEY = "clientId"
 DEFAULT_CLIENT_SECRET_KEY = "clientSecret"
 
-# Infisical's slug rule for connection names (reference/infisical-api.md).
+# Infisical's slug rule for connection names (docs/remote-apis.md).
 SLUG_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 # A Secret's name is a DNS-1123 subdomain.
 DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

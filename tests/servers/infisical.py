@@ -1,6 +1,6 @@
-"""A test double for the parts of Infisical's backend octoconn uses, following /work/shared/reference/infisical-api.md.
+"""A test double for the parts of Infisical's backend octoconn uses, following docs/remote-apis.md.
 
-"The page" below is that reference. Where the page is silent, the double copies Infisical's public backend source
+"The page" below is that document's section on Infisical app connections. Where the page is silent, the double copies Infisical's public backend source
 (backend/src/services/app-connection, identity-ua, identity-kubernetes-auth, identity-access-token,
 server/plugins/error-handler.ts, lib/validator/validate-url.ts, lib/config/request.ts) and says so in a comment.
 It runs on a real 127.0.0.1 socket (``InfisicalServer``) or standalone::
@@ -88,6 +88,9 @@ Behaviour → the test in tests/servers/test_infisical_server.py that checks it:
 | Outbound calls recorded, key redacted    | test_outbound_calls_are_recorded_with_the_key_redacted |
 | Out-of-band delete / rewrite (drift)     | test_out_of_band_delete_and_rewrite |
 | Other org's connection → 403             | test_connection_of_another_org_is_forbidden |
+| Other apps' connections hold names       | test_connections_of_other_apps_hold_names |
+| Older release: projectId dropped (switch)| test_older_release_drops_project_id_and_creates_an_org_level_connection |
+| No Octopus app: 404 "Route …" (switch)   | test_release_without_octopus_connections_has_no_such_routes |
 | Standalone CLI                           | test_cli_prints_the_url_and_answers |
 
 Choices where the page is silent (each from the upstream source unless marked "double's choice"):
@@ -1413,13 +1416,14 @@ class InfisicalServer(ThreadedServer):
         return response
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
+        octopus_paths = f"{CONNECTIONS_PREFIX}/{OCTOPUS_APP}"
+        if not self.state.octopus_app_available and (path == octopus_paths or path.startswith(octopus_paths + "/")):
+            raise ApiError(404, f"Route {method}:{path} not found")
         for route in ROUTES:
             match = route.pattern.fullmatch(path)
             if match is not None and route.method == method:
                 params = match.groupdict()
                 app = params.get("app")
-                if app == OCTOPUS_APP and not self.state.octopus_app_available:
-                    break
                 if app is None or app == OCTOPUS_APP or app in OTHER_APPS:
                     return route, params
         raise ApiError(404, f"Route {method}:{path} not found")

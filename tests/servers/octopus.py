@@ -1,4 +1,4 @@
-"""A test double for Octopus Deploy Server, following /work/shared/reference/octopus-api.md ("the page").
+"""A test double for Octopus Deploy Server, following docs/remote-apis.md, section Octopus Deploy ("the page").
 
 Octopus Server cannot run here, so this double is the oracle for octoconn's Octopus client: it serves the routes
 octoconn uses on a real 127.0.0.1 socket, with the same status codes, bodies and headers as the page, including the

@@ -880,6 +880,53 @@ def test_patch_ignores_project_id(infisical: InfisicalServer, api: httpx.Client,
     assert response.json()["appConnection"]["projectId"] is None
 
 
+def test_older_release_drops_project_id_and_creates_an_org_level_connection(
+    infisical: InfisicalServer, api: httpx.Client, octopus: OctopusServer
+) -> None:
+    project = infisical.state.add_project()
+    infisical.state.older_release = True
+    created = create(api, octopus, "in-project", projectId=project)
+    assert created["projectId"] is None  # silently: 200, no error, no warning
+    unknown = create(api, octopus, "unknown-project", projectId="6f1c7a0e-1111-4222-8333-944445555666")
+    assert unknown["projectId"] is None  # no project check either
+    found = api.get(f"{BASE}/connection-name/in-project", params={"projectId": project})
+    assert found.status_code == 200
+    assert found.json()["appConnection"]["id"] == created["id"]  # the query parameter is ignored too
+    infisical.state.older_release = False
+    assert_error(
+        api.get(f"{BASE}/connection-name/in-project", params={"projectId": project}),
+        404,
+        "Could not find App Connection with name in-project in project scope.",
+    )
+
+
+def test_release_without_octopus_connections_has_no_such_routes(
+    infisical: InfisicalServer, api: httpx.Client, octopus: OctopusServer
+) -> None:
+    infisical.state.octopus_app_available = False
+    assert_error(api.get(f"{BASE}/connection-name/x"), 404, f"Route GET:{BASE}/connection-name/x not found")
+    assert_error(api.post(BASE, json=connection_body(octopus)), 404, f"Route POST:{BASE} not found")
+    other_app = api.get("/api/v1/app-connections/windmill/connection-name/x")
+    assert other_app.status_code == 404  # other apps' routes are still there
+    assert "Route" not in other_app.json()["message"]
+
+
+def test_connections_of_other_apps_hold_names(
+    infisical: InfisicalServer, api: httpx.Client, octopus: OctopusServer
+) -> None:
+    infisical.state.add_foreign_connection(app="windmill", name="shared-name")
+    assert_error(
+        api.get(f"{BASE}/connection-name/shared-name"),
+        400,
+        'App Connection with name shared-name is not for App "octopus-deploy"',
+    )
+    response = api.post(BASE, json=connection_body(octopus, name="shared-name"))
+    assert_error(response, 400, 'An App Connection with the name "shared-name" already exists')
+    renamed = create(api, octopus, "mine")
+    response = api.patch(f"{BASE}/{renamed['id']}", json={"name": "shared-name"})
+    assert_error(response, 400, 'An App Connection with the name "shared-name" already exists')
+
+
 def test_rename_with_null_description_and_duplicate_rename(api: httpx.Client, octopus: OctopusServer) -> None:
     connection = create(api, octopus, "first", description="words")
     create(api, octopus, "second")

@@ -1,4 +1,4 @@
-"""Tests of the Octopus test double itself, over real sockets, against /work/shared/reference/octopus-api.md.
+"""Tests of the Octopus test double itself, over real sockets, against docs/remote-apis.md (section Octopus Deploy).
 
 Later tests trust this double as the oracle for octoconn's Octopus client, so each behaviour on the reference page
 has a test here (the table in tests/servers/octopus.py maps page lines to these tests).
