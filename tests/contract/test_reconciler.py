@@ -7,12 +7,10 @@ Infisical's POST and the status write, and an operator restart that must not re-
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import pytest
-
-from octoconn.infisical import InfisicalClient, UniversalAuth
+from octoconn.infisical import InfisicalClient
 from octoconn.models import OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Resource, SecretData
@@ -51,23 +49,6 @@ class Stores:
 
     def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> ConnectionStore:
         raise AssertionError("not used here")
-
-
-@pytest.fixture
-async def infisical_client(infisical: InfisicalServer) -> AsyncIterator[InfisicalClient]:
-    client = InfisicalClient(
-        base_url=infisical.url,
-        auth=UniversalAuth(client_id=infisical.client_id, client_secret=infisical.client_secret),  # type: ignore[attr-defined]
-    )
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def octopus_client() -> AsyncIterator[OctopusClient]:
-    client = OctopusClient(allow_http=True)
-    yield client
-    await client.aclose()
 
 
 def make_reconciler(

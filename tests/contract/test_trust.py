@@ -14,15 +14,7 @@ from octoconn.kube import decode_secret_data
 from octoconn.models import OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.reconcile import Outcome, Resource, SecretData
-from tests.contract.test_reconciler import (  # noqa: F401 - the fixtures are used by name
-    MemorySecrets,
-    MemoryStatus,
-    creates,
-    credential_patches,
-    infisical_client,
-    make_reconciler,
-    octopus_client,
-)
+from tests.contract.test_reconciler import MemorySecrets, MemoryStatus, creates, make_reconciler
 from tests.servers.infisical import InfisicalServer
 from tests.servers.octopus import OctopusServer
 
@@ -84,7 +76,8 @@ async def test_older_release_that_drops_project_id_is_not_ready(
     assert ready(first) == ("False", "InfisicalIgnoredRequest")
     assert first.status.id is not None  # the connection Infisical did make is recorded, so it is never duplicated
     assert first.status.project_id is None
-    assert first.error is not None and first.error.retry is errors.Retry.WAIT_FOR_CHANGE
+    assert first.error is not None
+    assert first.error.retry is errors.Retry.WAIT_FOR_CHANGE
 
     # The periodic check reads it back: still not what was asked, and nothing is written again.
     second = await reconciler.reconcile(body(octopus, first.status, projectId=project))

@@ -1,8 +1,9 @@
 """A test double for the parts of Infisical's backend octoconn uses, following docs/remote-apis.md.
 
-"The page" below is that document's section on Infisical app connections. Where the page is silent, the double copies Infisical's public backend source
-(backend/src/services/app-connection, identity-ua, identity-kubernetes-auth, identity-access-token,
-server/plugins/error-handler.ts, lib/validator/validate-url.ts, lib/config/request.ts) and says so in a comment.
+"The page" below is that document's section on Infisical app connections. Where the page is silent, the double
+copies Infisical's public backend source (backend/src/services/app-connection, identity-ua,
+identity-kubernetes-auth, identity-access-token, server/plugins/error-handler.ts, lib/validator/validate-url.ts,
+lib/config/request.ts) and says so in a comment.
 It runs on a real 127.0.0.1 socket (``InfisicalServer``) or standalone::
 
     uv run python -m tests.servers.infisical --port 0 --allow-internal-ips --client-id ID --client-secret SECRET
