@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from octoconn import models
 
-_STRING_CONSTRAINTS = {"min_length": "minLength", "max_length": "maxLength", "pattern": "pattern"}
+_STRING_CONSTRAINTS = {"min_length": "minLength", "max_length": "maxLength"}
 _NUMBER_CONSTRAINTS = {"ge": "minimum", "le": "maximum"}
 
 
@@ -61,6 +61,13 @@ def _field_schema(field: FieldInfo) -> dict[str, Any]:
                 schema[key] = value
     if isinstance(field.json_schema_extra, dict):
         schema.update(field.json_schema_extra)
+    # The API server's message for a failed ``pattern`` shows the raw regular expression, so a pattern reaches the
+    # CRD only as a CEL rule with a message in words (models.pattern_rule); one without it is a mistake.
+    for meta in field.metadata:
+        pattern = getattr(meta, "pattern", None)
+        rules = [r.get("rule") for r in schema.get("x-kubernetes-validations", [])]
+        if pattern is not None and models.pattern_rule(pattern, "")["rule"] not in rules:
+            raise ValueError(f"pattern {pattern!r} needs a models.pattern_rule with a message in words")
     if not field.description:
         raise ValueError("every CRD field needs a description (kubectl explain shows it)")
     return {"description": field.description, **schema}

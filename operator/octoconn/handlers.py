@@ -81,10 +81,15 @@ def by_connection(namespace: str | None, name: str, status: kopf.Status, **_: An
     return {connection_id: f"{namespace}/{name}"} if connection_id else None
 
 
-@kopf.on.event("", "v1", "secrets", id="wake-on-secret")
-def wake_on_secret(type: str, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    if type is None:
-        return  # the initial listing: each resource compares its Secret's version itself when its loop starts
+def _referenced(type: str | None, namespace: str | None, name: str, **kwargs: Any) -> bool:
+    # The initial listing (type None) is skipped: each resource compares its Secret's version when its loop starts.
+    return type is not None and (namespace, name) in kwargs["by_secret"]
+
+
+# A filter, not an early return: Kopf logs every handler it invokes ("is invoked" at DEBUG, "succeeded" at INFO),
+# so a Secret that no resource references must not reach the handler at all to leave no trace in the log.
+@kopf.on.event("", "v1", "secrets", id="wake-on-secret", when=_referenced)
+def wake_on_secret(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     index: kopf.Index[tuple[str | None, str], str] = kwargs["by_secret"]
     for odc in index.get((namespace, name), []):
         memo.runtime.kick(namespace or "", odc)

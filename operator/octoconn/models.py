@@ -27,22 +27,56 @@ DEFAULT_CLIENT_SECRET_KEY = "clientSecret"
 
 # Infisical's slug rule for connection names (docs/remote-apis.md).
 SLUG_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+SLUG_RULE = "lowercase letters and digits, with single hyphens between them (e.g. octopus-prod)"
 # A Secret's name is a DNS-1123 subdomain.
 DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_NAME_RULE = (
+    "the name of a Secret: lowercase letters, digits, hyphens and dots, starting and ending with a letter or digit"
+)
 # A data key of a Secret.
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+SECRET_KEY_RULE = "a key of a Secret: letters, digits, hyphens, underscores and dots"
+HOST_URL_PATTERN = r"^https?://[^\s/]+(/.*)?$"
 
 ANNOTATION_PAUSED = f"{GROUP}/paused"
 ANNOTATION_RECONCILE_REQUESTED_AT = f"{GROUP}/reconcile-requested-at"
 ANNOTATION_ADOPT_EXISTING = f"{GROUP}/adopt-existing"
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
-    """A CEL validation rule for ``x-kubernetes-validations``."""
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> JsonDict:
+    """A CEL validation rule for ``x-kubernetes-validations``.
+
+    ``field_path`` and ``reason`` (FieldValueInvalid, FieldValueRequired, FieldValueForbidden...) decide how the API
+    server words the error: without a field path, a rule on the whole object is reported as "<nil>: Invalid value".
+    """
     entry: JsonDict = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
     return entry
+
+
+def pattern_rule(pattern: str, requirement: str) -> JsonDict:
+    """A ``pattern`` as a CEL rule whose message quotes the value and says the rule in words.
+
+    The API server's own message for a schema pattern is "should match '<regular expression>'".
+    """
+    if "'" in pattern or "'" in requirement:
+        raise ValueError("pattern_rule texts go inside single-quoted CEL strings")
+    return {
+        "rule": f"self.matches('{_cel_escape(pattern)}')",
+        "message": f"must be {requirement}",
+        "messageExpression": f"'\"' + self + '\" is not valid: it must be {requirement}'",
+    }
+
+
+def _cel_escape(text: str) -> str:
+    return text.replace("\\", "\\\\")  # a backslash of the regular expression, inside a CEL string literal
+
+
+def _with_rules(*rules: JsonDict) -> JsonDict:
+    return {"x-kubernetes-validations": list(rules)}
 
 
 class _Model(BaseModel):
@@ -72,6 +106,7 @@ class SecretKeyRef(_Spec):
             min_length=1,
             max_length=253,
             pattern=DNS1123_SUBDOMAIN_PATTERN,
+            json_schema_extra=_with_rules(pattern_rule(DNS1123_SUBDOMAIN_PATTERN, SECRET_NAME_RULE)),
         ),
     ]
     key: Annotated[
@@ -82,6 +117,7 @@ class SecretKeyRef(_Spec):
             min_length=1,
             max_length=253,
             pattern=SECRET_KEY_PATTERN,
+            json_schema_extra=_with_rules(pattern_rule(SECRET_KEY_PATTERN, SECRET_KEY_RULE)),
         ),
     ] = None
 
@@ -99,6 +135,7 @@ class InfisicalCredentialsRef(_Spec):
             min_length=1,
             max_length=253,
             pattern=DNS1123_SUBDOMAIN_PATTERN,
+            json_schema_extra=_with_rules(pattern_rule(DNS1123_SUBDOMAIN_PATTERN, SECRET_NAME_RULE)),
         ),
     ]
     client_id_key: Annotated[
@@ -108,6 +145,7 @@ class InfisicalCredentialsRef(_Spec):
             min_length=1,
             max_length=253,
             pattern=SECRET_KEY_PATTERN,
+            json_schema_extra=_with_rules(pattern_rule(SECRET_KEY_PATTERN, SECRET_KEY_RULE)),
         ),
     ] = None
     client_secret_key: Annotated[
@@ -117,6 +155,7 @@ class InfisicalCredentialsRef(_Spec):
             min_length=1,
             max_length=253,
             pattern=SECRET_KEY_PATTERN,
+            json_schema_extra=_with_rules(pattern_rule(SECRET_KEY_PATTERN, SECRET_KEY_RULE)),
         ),
     ] = None
 
@@ -129,6 +168,8 @@ class InfisicalSpec(_Spec):
             "!has(self.hostUrl) || has(self.credentialsSecretRef)",
             "infisical.hostUrl requires infisical.credentialsSecretRef: the operator never sends its own "
             "identity to a host chosen in a resource",
+            ".hostUrl",
+            "FieldValueForbidden",
         )
     )
 
@@ -144,7 +185,10 @@ class InfisicalSpec(_Spec):
             description="Infisical base URL for this resource (e.g. https://eu.infisical.com). Honoured only together "
             "with credentialsSecretRef.",
             max_length=255,
-            pattern=r"^https?://[^\s/]+(/.*)?$",
+            pattern=HOST_URL_PATTERN,
+            json_schema_extra=_with_rules(
+                pattern_rule(HOST_URL_PATTERN, "an http(s) URL such as https://eu.infisical.com")
+            ),
         ),
     ] = None
 
@@ -157,12 +201,14 @@ class OctopusDeployConnectionSpec(_Spec):
             "!has(oldSelf.projectId) || (has(self.projectId) && self.projectId == oldSelf.projectId)",
             "projectId is immutable: delete and recreate the resource to move the connection to another project",
             ".projectId",
+            "FieldValueForbidden",
         ),
         cel(
             "has(oldSelf.projectId) || !has(self.projectId)",
             "projectId cannot be added after creation: delete and recreate the resource to move the "
             "connection into a project",
             ".projectId",
+            "FieldValueForbidden",
         ),
         cel(
             "has(self.infisical) == has(oldSelf.infisical) && "
@@ -170,6 +216,7 @@ class OctopusDeployConnectionSpec(_Spec):
             "infisical is immutable: the connection lives with the identity and host that created it; "
             "delete and recreate the resource to move it",
             ".infisical",
+            "FieldValueForbidden",
         ),
     )
 
@@ -208,6 +255,7 @@ class OctopusDeployConnectionSpec(_Spec):
             min_length=1,
             max_length=64,
             pattern=SLUG_PATTERN,
+            json_schema_extra=_with_rules(pattern_rule(SLUG_PATTERN, SLUG_RULE)),
         ),
     ] = None
     description: Annotated[
@@ -363,5 +411,7 @@ ROOT_VALIDATIONS = [
         f"self.metadata.name.matches('{SLUG_PATTERN}'))",
         "spec.connectionName is required when metadata.name is not a valid Infisical connection name "
         "(1-64 lowercase letters, digits and single inner hyphens)",
+        ".spec.connectionName",
+        "FieldValueRequired",
     )
 ]
