@@ -1,7 +1,8 @@
 """Logging set-up on top of Kopf's: quiet the per-event noise that would drown the useful lines at scale.
 
-Kopf logs "<handler> succeeded." at INFO for every object event. For the Secret watch and the index, that is one
-line per Secret change in the whole cluster, so those lines move to DEBUG. httpx logs every request at INFO;
+Kopf logs "<handler> succeeded." at INFO for every object event it hands to a handler. For the Secret watch (only
+Secrets that a resource references reach it, see handlers.py) and the indexes, those lines are routine, so they are
+dropped below DEBUG. httpx logs every request at INFO;
 the operator's own lines already say what was called and why.
 """
 

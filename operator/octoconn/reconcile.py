@@ -9,8 +9,11 @@ One pass (``ConnectionReconciler.reconcile``):
 2. read the API key from the Secret and verify it with Octopus (``CredentialsVerified``);
 3. find the Infisical connection (by recorded id; after a crash mid-create, by name after the pending marker);
 4. create it, or PATCH only what differs: ``credentials`` only when the key or URL changed, or when someone else
-   rewrote them (Infisical's ``credentialsHash`` moved) — every credentials write changes that hash;
-5. return the new status, the Events to emit and, on failure, the error that decides when to retry.
+   rewrote them (Infisical's ``credentialsHash`` moved) — every credentials write changes that hash. A create or
+   update Infisical refused for good is remembered in status and not sent again until something changes;
+5. compare what Infisical holds with what was asked (an older Infisical silently drops ``projectId``): a success
+   answer is not trusted on its own;
+6. return the new status, the Events to emit and, on failure, the error that decides when to retry.
 """
 
 from __future__ import annotations

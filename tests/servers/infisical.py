@@ -92,7 +92,7 @@ Behaviour → the test in tests/servers/test_infisical_server.py that checks it:
 | Other apps' connections hold names       | test_connections_of_other_apps_hold_names |
 | Older release: projectId dropped (switch)| test_older_release_drops_project_id_and_creates_an_org_level_connection |
 | No Octopus app: 404 "Route …" (switch)   | test_release_without_octopus_connections_has_no_such_routes |
-| Standalone CLI                           | test_cli_prints_the_url_and_answers |
+| Standalone CLI (seeded other-app names)  | test_cli_prints_the_url_and_answers |
 
 Choices where the page is silent (each from the upstream source unless marked "double's choice"):
 - Expired access tokens answer 401 UnauthorizedError "Failed to renew MI access token due to TTL expiration" (the
@@ -1886,6 +1886,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--org-id", default=DEFAULT_ORG_ID)
     parser.add_argument("--access-token-ttl", type=int, default=DEFAULT_TOKEN_TTL)
     parser.add_argument("--project-id", action="append", default=[], help="register a project (repeatable)")
+    parser.add_argument(
+        "--other-app-connection",
+        action="append",
+        default=[],
+        metavar="APP:NAME",
+        help="seed a connection of another app holding NAME, e.g. windmill:shared-name (repeatable)",
+    )
+    parser.add_argument(
+        "--older-release", action="store_true", help="silently drop projectId (see state.older_release)"
+    )
     parser.add_argument("--kube-apiserver", help="URL for TokenReviews (enables a Kubernetes Auth identity)")
     parser.add_argument("--kube-ca", help="CA file of the kube-apiserver")
     parser.add_argument("--kube-token-file", help="reviewer token file")
@@ -1913,6 +1923,12 @@ def main(argv: list[str] | None = None) -> int:
     state = server.state
     for project_id in args.project_id:
         state.add_project(project_id, org_id=args.org_id)
+    for seeded in args.other_app_connection:
+        app, _, name = seeded.partition(":")
+        if app not in OTHER_APPS or not name:
+            parser.error(f"--other-app-connection {seeded!r}: expected APP:NAME with APP one of {sorted(OTHER_APPS)}")
+        state.add_foreign_connection(app=app, name=name, org_id=args.org_id)
+    state.older_release = args.older_release
     if args.client_id is not None:
         server.client_id, server.client_secret = args.client_id, args.client_secret
         server.identity_id = state.add_universal_identity(

@@ -1327,7 +1327,7 @@ def test_connection_of_another_org_is_forbidden(
 def test_cli_prints_the_url_and_answers() -> None:
     root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-m", "tests.servers.infisical", "--port", "0", "--allow-internal-ips"]
-    command += ["--client-id", "cli-id", "--client-secret", "cli-secret"]
+    command += ["--client-id", "cli-id", "--client-secret", "cli-secret", "--other-app-connection", "windmill:wm"]
     process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -1337,6 +1337,12 @@ def test_cli_prints_the_url_and_answers() -> None:
         assert int(match.group(2)) > 0
         response = httpx.post(match.group(1) + LOGIN, json={"clientId": "cli-id", "clientSecret": "cli-secret"})
         assert response.status_code == 200
+        seeded = httpx.get(
+            match.group(1) + f"{BASE}/connection-name/wm",
+            headers={"Authorization": f"Bearer {response.json()['accessToken']}"},
+        )
+        assert seeded.status_code == 400  # the name is held by the seeded windmill connection
+        assert seeded.json()["message"] == 'App Connection with name wm is not for App "octopus-deploy"'
     finally:
         process.terminate()
         assert process.wait(timeout=15) == 0
