@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -14,12 +16,16 @@ from octoconn.reconcile import (
     READY,
     SYNCED,
     Resource,
+    ignored_by_infisical,
+    js_trim,
     plan_update,
     retry_delay,
     set_condition,
+    stored_description,
     summarize_ready,
     transition_events,
 )
+from octoconn.runtime import StatusMemory
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -261,3 +267,57 @@ class TestResource:
         assert Resource.from_body(body).connection_name == "team-a"
         body["spec"]["connectionName"] = "other"  # type: ignore[index]
         assert Resource.from_body(body).connection_name == "other"
+
+
+# --- what Infisical stores, and what it did not do -----------------------------------------------------------------
+def test_values_are_compared_as_infisical_stores_them() -> None:
+    assert js_trim("\ufeff API-KEY \r\n") == "API-KEY"  # JavaScript's trim also removes a byte-order mark
+    assert stored_description("  Production  ") == "Production"
+    assert stored_description("   ") is None
+    assert stored_description(None) is None
+    plan = plan_update(
+        remote=remote(description="Production"),
+        desired_name="prod",
+        desired_description=" Production\n",
+        instance_url="https://octo.example",
+        key_changed=False,
+        recorded_hash="h1",
+    )
+    assert plan.empty
+
+
+def test_ignored_by_infisical_names_each_difference() -> None:
+    asked = {"name": "prod", "description": "d", "instance_url": "https://octo.example"}
+    assert ignored_by_infisical(remote(), project_id=None, **asked) == []
+    (dropped,) = ignored_by_infisical(remote(), project_id="p1", **asked)
+    assert "ignored projectId p1" in dropped
+    assert "does not support project-level app connections" in dropped
+    problems = ignored_by_infisical(
+        remote(name="other", description="x", instance_url="https://elsewhere"), project_id=None, **asked
+    )
+    assert problems == [
+        'it stored the name "other" instead of "prod"',
+        "it stored the description 'x' instead of 'd'",
+        "it stored the instance URL 'https://elsewhere' instead of 'https://octo.example'",
+    ]
+
+
+class _Kube:
+    def __init__(self) -> None:
+        self.stored: dict[str, Any] = {}
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+        return {"metadata": {"namespace": namespace, "name": name, "uid": "u1"}, "status": dict(status)}
+
+
+async def test_status_memory_puts_our_last_write_into_an_older_body() -> None:
+    memory = StatusMemory(_Kube())  # type: ignore[arg-type]
+    old = {"metadata": {"namespace": "ns", "name": "a", "uid": "u1"}, "status": {"pendingCreate": {"name": "a"}}}
+    assert memory.view(old) == old
+    await memory.patch_status("ns", "a", {"id": "c1"})
+    assert memory.view(old)["status"] == {"id": "c1"}  # the watch has not delivered our write yet
+    assert memory.view({**old, "metadata": {**old["metadata"], "uid": "u2"}})["status"] == old["status"]  # recreated
+    await memory.patch_status("ns", "a", {"id": "c1"})
+    caught_up = {**old, "status": {"id": "c1"}, "spec": {"description": "newer"}}
+    assert memory.view(caught_up) == caught_up
+    assert memory.view(old) == old  # once caught up, the body is the truth again
