@@ -58,17 +58,14 @@ def cel(rule: str, message: str, field_path: str | None = None, reason: str | No
 
 
 def pattern_rule(pattern: str, requirement: str) -> JsonDict:
-    """A ``pattern`` as a CEL rule whose message quotes the value and says the rule in words.
+    """A ``pattern`` as a CEL rule whose message says the rule in words.
 
-    The API server's own message for a schema pattern is "should match '<regular expression>'".
+    The API server's own message for a schema pattern is "should match '<regular expression>'"; for this rule it is
+    ``<field>: Invalid value: "<value>": must be <requirement>``.
     """
-    if "'" in pattern or "'" in requirement:
-        raise ValueError("pattern_rule texts go inside single-quoted CEL strings")
-    return {
-        "rule": f"self.matches('{_cel_escape(pattern)}')",
-        "message": f"must be {requirement}",
-        "messageExpression": f"'\"' + self + '\" is not valid: it must be {requirement}'",
-    }
+    if "'" in pattern:
+        raise ValueError("the pattern goes inside a single-quoted CEL string")
+    return {"rule": f"self.matches('{_cel_escape(pattern)}')", "message": f"must be {requirement}"}
 
 
 def _cel_escape(text: str) -> str:
