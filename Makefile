@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-cluster lint fmt crds cluster demo clean
+.PHONY: help setup test test-unit test-cluster lint fmt crds cluster demo image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ cluster: setup ## start a local control plane (etcd + kube-apiserver) and print 
 
 demo: setup ## the operator's main job end to end on a local control plane and test servers
 	$(UV) run --frozen python hack/demo.py
+
+image: ## build the operator image with podman, no daemon or registry needed (IMAGE=..., PYTHON_IMAGE=...)
+	@bash hack/image.sh build
 
 clean: ## remove local state (not the binary cache)
 	rm -rf .cluster .pytest_cache .mypy_cache .ruff_cache

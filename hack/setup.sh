@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything octoconn's tests and demo need, on a fresh Debian machine or a warm one (idempotent):
-# Debian packages, uv, the locked Python dependencies, and the Go-built kube-apiserver/kubectl/etcd/helm.
+# Debian packages, uv, the locked Python dependencies, the Go-built kube-apiserver/kubectl/etcd/helm, and the local
+# Python base image that the operator image is built on when no registry is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,8 @@ step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
 
 need_apt=()
-for tool in make git; do
+# podman + runc build and run the operator image without a daemon; mmdebstrap makes its base image.
+for tool in make git podman runc mmdebstrap; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
@@ -35,5 +37,8 @@ uv sync --frozen --quiet
 
 step "building the test binaries from Go modules (cached in ${OCTOCONN_CACHE:-$HOME/.cache/octoconn})"
 uv run --frozen python -m tests.envtest.binaries
+
+step "the image's Python base (localhost/python-base:3.11, built once with mmdebstrap)"
+bash hack/image.sh base
 
 echo "setup done in ${SECONDS}s"
