@@ -16,13 +16,15 @@ ENV UV_SYSTEM_CERTS=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when the lock file changes, not on every code edit.
-COPY pyproject.toml uv.lock README.md ./
+# README.md (the package's long description) joins the source below, so that editing it does not rebuild this layer.
+COPY pyproject.toml uv.lock ./
 # Bytecode is compiled at build time because the root file system is read-only at run time: without it every start
 # compiles the kubernetes client again. unchecked-hash keeps it valid whatever mtimes COPY gives the sources.
 # kubernetes/aio, an asyncio copy of the client that the operator never imports, stays source only (about 28 MB
 # less; it would still import, only more slowly).
 RUN uv sync --frozen --no-dev --no-install-project \
  && /app/.venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash -x '/kubernetes/aio/' /app/.venv/lib
+COPY README.md ./
 COPY operator ./operator
 # --no-editable installs octoconn into the virtualenv itself, so the runtime stage needs no source tree.
 RUN uv sync --frozen --no-dev --no-editable \

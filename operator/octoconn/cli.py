@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from octoconn import __version__, errors
 from octoconn.octopus import OctopusClient
+
+if TYPE_CHECKING:
+    from octoconn.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     run.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument(
-        "--standalone", action="store_true", help="no peering with other replicas (run exactly one replica)"
+        "--standalone",
+        action="store_true",
+        help="no peering with other replicas (run exactly one replica); without it, peering is mandatory",
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
 
@@ -71,15 +78,27 @@ def _run(args: argparse.Namespace) -> int:
     tame_noisy_loggers(debug=args.verbose or settings.log_level == "DEBUG")
     # Flags win over OCTOCONN_NAMESPACES; --all-namespaces also overrides a namespace list set in the environment.
     namespaces = [] if args.all_namespaces else (args.namespace or settings.namespaces)
+    # A peering name makes peering mandatory in Kopf: without its CRD or object the operator waits instead of
+    # silently running unpeered next to another replica.
     asyncio.run(
         kopf.operator(
             standalone=args.standalone,
+            peering_name=None if args.standalone else settings.peering_name,
+            priority=None if args.standalone else peering_priority(settings),
             liveness_endpoint=args.liveness,
             clusterwide=not namespaces,
             namespaces=namespaces,
         )
     )
     return 0
+
+
+def peering_priority(settings: Settings) -> int:
+    """The configured priority, or a random one: replicas of one Deployment share their settings, and Kopf pauses
+    every replica when two share the highest priority, so each draws its own (a tie is a 1 in 2**31 chance)."""
+    if settings.peering_priority is not None:
+        return settings.peering_priority
+    return secrets.randbelow(2**31 - 1) + 1
 
 
 async def _check(args: argparse.Namespace) -> int:

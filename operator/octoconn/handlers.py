@@ -43,6 +43,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     # a finalizer that cannot finish.
     settings.posting.level = logging.ERROR
     settings.watching.server_timeout = 300
+    settings.peering.lifetime = config.peering_lifetime_seconds  # unused with --standalone
     memo.runtime = Runtime.build(config, KubeClient(load_api_client()))
     logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)
 

@@ -63,6 +63,24 @@ class Settings(BaseSettings):
     octopus_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one call to Octopus.")
     infisical_timeout_seconds: float = Field(15.0, gt=0, description="Timeout of one call to Infisical.")
 
+    # Kopf peering between replicas (not used with --standalone). The replica with the highest priority reconciles;
+    # the others wait until its keep-alive is older than its lifetime, so the lifetime bounds the failover time.
+    peering_name: str = Field(
+        "octoconn",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=253,
+        description="Name of the KopfPeering (per watched namespace) or ClusterKopfPeering the replicas share.",
+    )
+    peering_lifetime_seconds: int = Field(
+        20, ge=10, le=3600, description="How long a replica's keep-alive counts; bounds the failover time."
+    )
+    peering_priority: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="This replica's peering priority; unset draws a random one at start, so identical pods differ.",
+    )
+
     log_format: Literal["plain", "json"] = Field("plain", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 

@@ -38,12 +38,14 @@ class OperatorProcess:
         log_path: Path,
         namespaces: list[str] | None = None,
         extra_args: list[str] | None = None,
+        standalone: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.env = env
         self.log_path = log_path
         self.namespaces = namespaces or []
         self.extra_args = extra_args or []
+        self.standalone = standalone
         self.popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.liveness_port = free_port()
@@ -55,7 +57,7 @@ class OperatorProcess:
             "-m",
             "octoconn",
             "run",
-            "--standalone",
+            *(["--standalone"] if self.standalone else []),
             "--liveness",
             f"http://127.0.0.1:{self.liveness_port}/healthz",
             *scope,
@@ -113,6 +115,14 @@ class OperatorProcess:
             self._log.close()
             self._log = None
         return code
+
+    def kill(self) -> None:
+        """SIGKILL, as when a node is lost: no cleanup, no goodbye to peers."""
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        self.stop()
 
     def log_text(self) -> str:
         try:

@@ -202,20 +202,22 @@ def test_contradictory_values_fail_with_a_message(helm: Helm, values: dict[str, 
 # --- rendered Deployment -------------------------------------------------------------------------------------
 
 
-def test_deployment_runs_the_operator_standalone(helm: Helm) -> None:
+def test_deployment_runs_two_peered_replicas(helm: Helm) -> None:
     m = helm.render()
     deployment = m.one("Deployment", "octoconn", RELEASE_NAMESPACE)
-    # Peering is off, so a second pod would reconcile everything twice; Recreate keeps it at one even on upgrade.
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Kopf peering lets one replica reconcile while the other stands by, so a rollout may overlap them.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1},
+    }
     assert m.container["command"] == ["octoconn"]
-    assert m.container["args"] == [
-        "run",
-        "--standalone",
-        "--liveness",
-        "http://0.0.0.0:8080/healthz",
-        "--all-namespaces",
-    ]
+    assert m.container["args"] == ["run", "--liveness", "http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    assert m.env["OCTOCONN_PEERING_NAME"] == "octoconn"
+    assert m.env["OCTOCONN_PEERING_LIFETIME_SECONDS"] == "20"
+    assert "OCTOCONN_PEERING_PRIORITY" not in m.env  # each pod draws its own
+    pod_id = next(e for e in m.container["env"] if e["name"] == "POD_ID")
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert m.container["image"] == f"ghcr.io/octoconn/octoconn:{_chart()['appVersion']}"
     probe = m.container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
@@ -225,6 +227,26 @@ def test_deployment_runs_the_operator_standalone(helm: Helm) -> None:
     assert m.pod_spec["automountServiceAccountToken"] is True
     assert m.container["resources"]["requests"]
     assert m.container["resources"]["limits"]
+
+
+def test_one_replica_runs_standalone_without_peering(helm: Helm) -> None:
+    m = helm.render({"replicaCount": 1})
+    deployment = m.one("Deployment", "octoconn", RELEASE_NAMESPACE)
+    # Peering is off, so a second pod would reconcile everything twice; Recreate keeps it at one even on upgrade.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert m.container["args"] == [
+        "run",
+        "--standalone",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+        "--all-namespaces",
+    ]
+    assert not {"OCTOCONN_PEERING_NAME", "OCTOCONN_PEERING_LIFETIME_SECONDS", "POD_ID"} & set(m.env)
+    assert not [d for d in m.docs if d["kind"] in ("KopfPeering", "ClusterKopfPeering", "PodDisruptionBudget")]
+    assert not [rule for _, rule in m.rules() if "kopf.dev" in rule["apiGroups"]]
+    assert "affinity" not in m.pod_spec
+    assert "topologySpreadConstraints" not in m.pod_spec
 
 
 def test_env_maps_from_values(helm: Helm) -> None:
@@ -241,6 +263,7 @@ def test_env_maps_from_values(helm: Helm) -> None:
             "logFormat": "json",
             "logLevel": "DEBUG",
             "extraEnv": [{"name": "OCTOCONN_OCTOPUS_TIMEOUT_SECONDS", "value": "3"}],
+            "peering": {"lifetimeSeconds": 45},
         }
     )
     assert m.env == {
@@ -256,6 +279,9 @@ def test_env_maps_from_values(helm: Helm) -> None:
         "OCTOCONN_ALLOW_HTTP": "true",
         "OCTOCONN_OCTOPUS_CA_BUNDLE": "/etc/octoconn/octopus-ca/ca.crt",
         "OCTOCONN_OCTOPUS_INSECURE_SKIP_VERIFY": "true",
+        "OCTOCONN_PEERING_NAME": "octoconn",
+        "OCTOCONN_PEERING_LIFETIME_SECONDS": "45",
+        "POD_ID": None,  # from the pod's name (fieldRef)
         "OCTOCONN_LOG_FORMAT": "json",
         "OCTOCONN_LOG_LEVEL": "DEBUG",
         "OCTOCONN_OCTOPUS_TIMEOUT_SECONDS": "3",
@@ -274,6 +300,7 @@ def test_env_maps_from_values(helm: Helm) -> None:
 def test_env_names_and_values_are_valid_settings(helm: Helm, variant: str) -> None:
     """Every OCTOCONN_* variable the chart sets is a real setting, and the operator accepts the whole set."""
     env = helm.render(VARIANTS[variant]).env
+    env.pop("POD_ID", None)  # Kopf's own variable: the replica's name in the peering object
     fields = {f"OCTOCONN_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
     # The operator reads the same variables at start-up; a value it would reject must not get past the chart.
@@ -288,6 +315,8 @@ def test_chart_defaults_match_operator_defaults(helm: Helm) -> None:
         "max_workers",
         "infisical_writes_per_minute",
         "infisical_reads_per_minute",
+        "peering_name",
+        "peering_lifetime_seconds",
     )
     for name in names:
         default = Settings.model_fields[name].default
@@ -415,8 +444,8 @@ def test_all_namespaces_uses_cluster_role(helm: Helm) -> None:
     assert m.of_kind("Role") == []
     binding = m.one("ClusterRoleBinding", "octoconn")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "octoconn", "namespace": RELEASE_NAMESPACE}]
-    # Standalone Kopf (no peering): no kopfpeerings object is ever read or written.
-    assert not [rule for _, rule in m.rules() if "kopf.dev" in rule["apiGroups"]]
+    # Peering has a role of its own (see test_peering_objects_and_rbac_follow_watch_namespaces).
+    assert not [rule for rule in cluster_role["rules"] if "kopf.dev" in rule["apiGroups"]]
 
 
 def test_watch_namespaces_get_roles_instead_of_cluster_wide_secrets(helm: Helm) -> None:
@@ -434,7 +463,113 @@ def test_watch_namespaces_get_roles_instead_of_cluster_wide_secrets(helm: Helm) 
         binding = m.one("RoleBinding", "octoconn", namespace)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "octoconn"}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "octoconn", "namespace": RELEASE_NAMESPACE}]
-    assert len(m.of_kind("Role")) == 2
+    assert len([r for r in m.of_kind("Role") if r["metadata"]["name"] == "octoconn"]) == 2
+
+
+# --- replicas, peering, disruption, sharding ------------------------------------------------------------------
+
+
+def test_peering_objects_and_rbac_follow_watch_namespaces(helm: Helm) -> None:
+    everywhere = helm.render()
+    (peering,) = everywhere.of_kind("ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "octoconn"
+    assert everywhere.of_kind("KopfPeering") == []
+    role = everywhere.one("ClusterRole", "octoconn-peering")
+    # Kopf lists and watches every peering object, but may patch only the release's own.
+    assert role["rules"] == [
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "resourceNames": ["octoconn"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    binding = everywhere.one("ClusterRoleBinding", "octoconn-peering")
+    assert binding["roleRef"]["name"] == "octoconn-peering"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "octoconn", "namespace": RELEASE_NAMESPACE}]
+
+    listed = helm.render({"watchNamespaces": ["team-a", "team-b"]})
+    assert listed.of_kind("ClusterKopfPeering") == []
+    assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in listed.of_kind("KopfPeering")} == {
+        ("team-a", "octoconn"),
+        ("team-b", "octoconn"),
+    }
+    assert not [r for r in listed.of_kind("ClusterRole") if r["metadata"]["name"] == "octoconn-peering"]
+    for namespace in ("team-a", "team-b"):
+        rules = listed.one("Role", "octoconn-peering", namespace)["rules"]
+        assert {"resources": ["kopfpeerings"], "resourceNames": ["octoconn"]}.items() <= rules[1].items()
+        assert listed.one("RoleBinding", "octoconn-peering", namespace)["roleRef"]["name"] == "octoconn-peering"
+
+
+def test_peering_crds_ship_with_the_chart() -> None:
+    docs = list(yaml.safe_load_all((CHART / "crds" / "kopf.dev_peerings.yaml").read_text()))
+    # The groups and plurals Kopf looks for (kopf._cogs.structs.references), one per peering mode.
+    assert {(d["spec"]["group"], d["spec"]["names"]["plural"], d["spec"]["scope"]) for d in docs} == {
+        ("kopf.dev", "clusterkopfpeerings", "Cluster"),
+        ("kopf.dev", "kopfpeerings", "Namespaced"),
+    }
+
+
+def test_disruption_budget_and_spread_defaults(helm: Helm) -> None:
+    m = helm.render()
+    pdb = m.one("PodDisruptionBudget", "octoconn", RELEASE_NAMESPACE)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    selector = m.one("Deployment")["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    # Soft by default: a one-node cluster still runs both replicas.
+    (term,) = m.pod_spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    (spread,) = m.pod_spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == selector
+
+    own_affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    own_spread = [{"maxSkew": 1, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule"}]
+    custom = helm.render(
+        {
+            "affinity": own_affinity,
+            "topologySpreadConstraints": own_spread,
+            "podDisruptionBudget": {"enabled": False},
+            "replicaCount": 3,
+        }
+    )
+    assert custom.pod_spec["affinity"] == own_affinity
+    assert custom.pod_spec["topologySpreadConstraints"] == own_spread
+    assert custom.of_kind("PodDisruptionBudget") == []
+    assert custom.one("Deployment")["spec"]["replicas"] == 3
+
+
+def test_sharded_releases_share_no_rbac_or_peering(helm: Helm) -> None:
+    """Several releases with disjoint watchNamespaces split the work: nothing they create may collide or overlap."""
+
+    def release(name: str, namespaces: list[str]) -> Manifests:
+        values = helm.values_args({"watchNamespaces": namespaces})
+        args = ["template", name, str(CHART), "--namespace", RELEASE_NAMESPACE, "--kube-version", KUBE_VERSION]
+        return Manifests([d for d in yaml.safe_load_all(helm.run(*args, *values).stdout) if d])
+
+    shards = {"shard-a": ["team-a", "team-b"], "shard-b": ["team-c"]}
+    rendered = {name: release(name, namespaces) for name, namespaces in shards.items()}
+
+    def keys(m: Manifests) -> set[tuple[str, str | None, str]]:
+        return {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in m.docs}
+
+    # Helm refuses to install an object that another release owns; none may be shared.
+    assert keys(rendered["shard-a"]) & keys(rendered["shard-b"]) == set()
+    for name, m in rendered.items():
+        subject = {"kind": "ServiceAccount", "name": f"{name}-octoconn", "namespace": RELEASE_NAMESPACE}
+        # Namespaced rules (Secrets, resources, peering) only in the release's own namespaces...
+        assert {r["metadata"]["namespace"] for r in m.of_kind("Role")} == set(shards[name])
+        assert {p["metadata"]["namespace"] for p in m.of_kind("KopfPeering")} == set(shards[name])
+        assert {p["metadata"]["name"] for p in m.of_kind("KopfPeering")} == {f"{name}-octoconn"}
+        assert m.of_kind("ClusterKopfPeering") == []
+        # ...and cluster-wide only what Kopf must scan.
+        cluster_resources = {res for r in m.of_kind("ClusterRole") for rule in r["rules"] for res in rule["resources"]}
+        assert cluster_resources == {"namespaces", "customresourcedefinitions"}
+        for binding in m.of_kind("RoleBinding") + m.of_kind("ClusterRoleBinding"):
+            assert binding["subjects"] == [subject]
 
 
 # --- one source of truth -------------------------------------------------------------------------------------
@@ -615,6 +750,17 @@ def test_installed_rbac_with_watch_namespaces(install: Any, kube_api: Any, names
     assert _status(lambda: list_odc("octoconn.dev", "v1alpha1", watched, "octopusdeployconnections")) == 200
     assert _status(lambda: list_odc("octoconn.dev", "v1alpha1", unwatched, "octopusdeployconnections")) == 403
 
+    # Peering (two replicas by default): the release's KopfPeering in each watched namespace, patchable by name only.
+    kopf = {"group": "kopf.dev"}
+    assert sa.can("watch", "kopfpeerings", watched, **kopf)
+    assert sa.can("patch", "kopfpeerings", watched, name=sa.name, **kopf)
+    assert not sa.can("patch", "kopfpeerings", watched, name="another-operator", **kopf)
+    assert not sa.can("list", "kopfpeerings", unwatched, **kopf)
+    assert not sa.can("list", "clusterkopfpeerings", **kopf)
+    touch = {"status": {"probe": {"priority": 1, "lifetime": 0, "lastseen": "2026-01-01T00:00:00+00:00"}}}
+    patch = custom.patch_namespaced_custom_object
+    assert _status(lambda: patch("kopf.dev", "v1", watched, "kopfpeerings", sa.name, touch)) == 200
+
 
 @pytest.mark.cluster
 def test_installed_rbac_cluster_wide_with_kubernetes_auth(install: Any, kube_api: Any, namespace: str) -> None:
@@ -644,6 +790,13 @@ def test_installed_rbac_cluster_wide_with_kubernetes_auth(install: Any, kube_api
     minted = client.CoreV1Api(sa.api).create_namespaced_service_account_token(own_name, namespace, request)
     assert minted.status.token
     assert _status(lambda: client.CoreV1Api(sa.api).read_namespaced_secret("octopus-api-key", elsewhere)) == 200
+
+    # Peering cluster-wide: the release's ClusterKopfPeering, patchable by name only.
+    assert sa.can("watch", "clusterkopfpeerings", group="kopf.dev")
+    assert sa.can("patch", "clusterkopfpeerings", group="kopf.dev", name=sa.name)
+    assert not sa.can("patch", "clusterkopfpeerings", group="kopf.dev", name="another-operator")
+    custom = client.CustomObjectsApi(sa.api)
+    assert _status(lambda: custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", sa.name)) == 200
 
 
 def _service_accounts(kube_api: Any, namespace: str) -> list[str]:

@@ -125,3 +125,10 @@ Cross-field checks the JSON schema cannot word clearly; each message says which 
 {{- fail "octopus.caBundle.configMapName needs octopus.caBundle.key (the ConfigMap key holding the PEM bundle)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the replicas peer through Kopf (more than one replica); one replica runs --standalone.
+*/}}
+{{- define "octoconn.peering" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
