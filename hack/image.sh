@@ -26,8 +26,10 @@ build_base() {
   fi
   command -v mmdebstrap >/dev/null 2>&1 || { echo "hack/image.sh: mmdebstrap is missing; run hack/setup.sh" >&2; exit 1; }
   # Debian 12's Python 3.11 in a minimal root file system: what python:3.11-slim offers, minus what a registry
-  # would have to provide. The host's bookworm apt sources are reused when it has them, so a machine that reaches
-  # Debian only through its own mirror builds this too.
+  # would have to provide. The "essential" variant has no apt (nothing is installed later); docs, locales and glibc's
+  # iconv modules (Python's codecs are its own) are left out. pip stays: the Dockerfile's build stage installs uv
+  # with it. The host's bookworm apt sources are reused when it has them, so a machine that reaches Debian only
+  # through its own mirror builds this too.
   local sources=() tmp
   if grep -qs '^VERSION_CODENAME=bookworm$' /etc/os-release && [ -f /etc/apt/sources.list.d/debian.sources ]; then
     sources=(/etc/apt/sources.list.d/debian.sources)
@@ -35,12 +37,13 @@ build_base() {
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' RETURN
   SECONDS=0
-  mmdebstrap --quiet --variant=minbase --format=tar \
+  mmdebstrap --quiet --variant=essential --format=tar \
     --include=python3,python3-pip,ca-certificates,passwd \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/lib/x86_64-linux-gnu/gconv/*' \
     --customize-hook='ln -sf /usr/bin/python3 "$1/usr/local/bin/python3"' \
     --customize-hook='rm -f "$1"/usr/lib/python3.*/EXTERNALLY-MANAGED' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*' \
