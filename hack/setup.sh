@@ -11,7 +11,8 @@ SECONDS=0
 need_apt=()
 # podman + runc build and run the operator image without a daemon; mmdebstrap makes its base image.
 for tool in make git podman runc mmdebstrap; do
-  command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+  # runc lives in /usr/sbin, which a non-root PATH may lack.
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need_apt+=("$tool")
 done
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ "${#need_apt[@]}" -gt 0 ]; then

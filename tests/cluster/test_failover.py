@@ -172,7 +172,10 @@ def test_standby_takes_over_after_sigkill_without_duplicates_or_lost_changes(
     kube.apply_odc("after-kill", spec(remotes, "after-kill-key"))
     kube.wait_condition("after-kill", "Ready", "True", "Available", timeout=120)
     failover = time.monotonic() - killed_at
-    print(f"\nfailover: {standby.name} reconciled a new change {failover:.1f} s after {active.name} was SIGKILLed")
+    print(
+        f"\nfailover: {standby.name} reconciled a new change {failover:.1f} s after {active.name} was SIGKILLed "
+        f"(priorities {priorities})"
+    )
 
     for name in [*names, *in_flight, "after-kill"]:
         obj = kube.wait_condition(name, "Ready", "True", "Available", timeout=60)
