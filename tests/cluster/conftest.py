@@ -28,6 +28,7 @@ from tests.servers.octopus import OctopusServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "octoconn.dev_octopusdeployconnections.yaml"
+PEERING_CRD_FILE = ROOT / "crds" / "kopf.dev_peerings.yaml"
 CLIENT_ID = "octoconn-operator-client"
 CLIENT_SECRET = "client-secret-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
@@ -84,6 +85,19 @@ def crd(control_plane: ClusterAccess) -> str:
     control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
     return f"{PLURAL}.{GROUP}"
+
+
+@pytest.fixture(scope="session")
+def peering_crds(control_plane: ClusterAccess) -> None:
+    """Kopf's peering CRDs, for operators that run peered (without --standalone), as the chart's replicas do."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(PEERING_CRD_FILE))
+    control_plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kopfpeerings.kopf.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
 
 
 def operator_env(remotes: Remotes, **overrides: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 logging in to Infisical with Kubernetes Auth (a TokenRequest token that Infisical checks with a real TokenReview).
 
 This proves the chart's RBAC is enough for the whole life of a connection (watch, read the Secret, write status,
-post Events, mint its own token, remove the finalizer), not just that `can-i` answers yes.
+post Events, mint its own token, remove the finalizer) and for Kopf peering as the chart's replicas run it (watch the
+peering objects, keep alive in the release's own), not just that `can-i` answers yes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +55,7 @@ def team_namespace(kube_api: client.ApiClient) -> Iterator[str]:
 def chart_operator(
     control_plane: ClusterAccess,
     crd: str,
+    peering_crds: None,
     remotes: Remotes,
     team_namespace: str,
     kube_api: client.ApiClient,
@@ -98,9 +101,16 @@ def chart_operator(
         "OCTOCONN_SERVICE_ACCOUNT": f"{system}/{account}",
         "OCTOCONN_ALLOW_HTTP": "true",
         "OCTOCONN_RETRY_BACKOFF_CAP_SECONDS": "2",
+        # Peered, as the chart runs its (default two) replicas: the release's KopfPeering in the watched namespace.
+        "OCTOCONN_PEERING_NAME": f"{release}-octoconn",
+        "POD_ID": "chart-operator",
     }
     process = OperatorProcess(
-        kubeconfig=kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[team_namespace]
+        kubeconfig=kubeconfig,
+        env=env,
+        log_path=tmp_path / "operator.log",
+        namespaces=[team_namespace],
+        standalone=False,
     ).start()
     try:
         yield process, system, account
@@ -115,8 +125,14 @@ def test_operator_runs_with_only_the_charts_rbac_and_kubernetes_auth(
     kube_api: client.ApiClient,
     remotes: Remotes,
 ) -> None:
-    operator, _system, _account = chart_operator
+    operator, _system, account = chart_operator
     kube = Kube(kube_api, team_namespace)
+    peering = kube.custom.get_namespaced_custom_object("kopf.dev", "v1", team_namespace, "kopfpeerings", account)
+    deadline = time.monotonic() + 30
+    while "chart-operator" not in (peering.get("status") or {}) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        peering = kube.custom.get_namespaced_custom_object("kopf.dev", "v1", team_namespace, "kopfpeerings", account)
+    assert "chart-operator" in (peering.get("status") or {}), "the operator never kept alive in its peering object"
     kube.put_secret("octopus-key", {"apiKey": remotes.new_key()})
     kube.apply_odc("via-chart", {"instanceUrl": remotes.octopus_url, "apiKeySecretRef": {"name": "octopus-key"}})
     try:

@@ -30,23 +30,9 @@ from tests.servers.infisical import CONNECTIONS_PREFIX, OCTOPUS_APP
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
-PEERING_CRDS = ROOT / "crds" / "kopf.dev_peerings.yaml"
 PEERING = "octoconn"  # OCTOCONN_PEERING_NAME's default
 CREATE_PATH = f"{CONNECTIONS_PREFIX}/{OCTOPUS_APP}"
 WRITES = {"POST", "PATCH", "DELETE"}
-
-
-@pytest.fixture(scope="session")
-def peering_crds(control_plane: ClusterAccess) -> None:
-    control_plane.kubectl("apply", "--server-side", "-f", str(PEERING_CRDS))
-    control_plane.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kopfpeerings.kopf.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-    )
 
 
 @dataclass
