@@ -133,7 +133,8 @@ def containerised(
         }
         container = Container(f"octoconn-test-{namespace}", free_port())
         args = [
-            "run", "--detach", "--name", container.name,
+            # --timeout: should pytest itself be killed, the container still stops on its own.
+            "run", "--detach", "--name", container.name, "--timeout", "900",
             "--user", f"{UID}:{UID}",
             "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=16m,mode=1777",
             "--cap-drop", "ALL",
