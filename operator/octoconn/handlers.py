@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from octoconn import errors
+from octoconn import errors, metrics
 from octoconn.kube import KubeClient, load_api_client
 from octoconn.models import GROUP, PLURAL, VERSION
 from octoconn.reconcile import Event, Resource
@@ -45,6 +45,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.watching.server_timeout = 300
     settings.peering.lifetime = config.peering_lifetime_seconds  # unused with --standalone
     memo.runtime = Runtime.build(config, KubeClient(load_api_client()))
+    await memo.runtime.serve_metrics()
     logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)
 
 
@@ -107,6 +108,7 @@ async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
         delay = await runtime.report_deletion_blocked(res, exc, emit, attempt=retry + 1)
         raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=delay) from None
     runtime.statuses.forget(res.namespace, res.name)
+    metrics.forget_resource(res.namespace, res.name)
     for event in events:
         emit(event)
 

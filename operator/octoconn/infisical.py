@@ -17,12 +17,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import httpx
 
-from octoconn import __version__, errors
+from octoconn import __version__, errors, metrics
 from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import WritePacer, parse_retry_after
 
@@ -131,8 +131,13 @@ class InfisicalClient:
         timeout: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identity: Literal["operator", "resource"] = "operator",
     ) -> None:
-        """``base_url``: the Infisical host (``https://app.infisical.com``); a trailing ``/api`` is tolerated."""
+        """``base_url``: the Infisical host (``https://app.infisical.com``); a trailing ``/api`` is tolerated.
+
+        ``identity`` labels this client's logins in the metrics: the operator's own, or a per-resource identity.
+        """
+        self._identity = identity
         base = base_url.strip().rstrip("/")
         base = base.removesuffix("/api")
         self.base_url = base
@@ -271,8 +276,12 @@ class InfisicalClient:
                 self._forget_token(token)
                 continue
             if response.is_success or (missing_ok and _is_infisical_not_found(response)):
+                self._note_auth(refused=False)
                 return response
-            raise self._error(response, what=what, write=write, secrets=(*secrets, token.value))
+            error = self._error(response, what=what, write=write, secrets=(*secrets, token.value))
+            if isinstance(error, errors.InfisicalAuthFailed):
+                self._note_auth(refused=True)
+            raise error
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
@@ -286,7 +295,11 @@ class InfisicalClient:
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         try:
-            response = await self._http.request(method, path, json=json, params=params, headers=headers)
+            response = await metrics.observe_request(
+                "infisical",
+                _operation(method, path),
+                self._http.request(method, path, json=json, params=params, headers=headers),
+            )
         except httpx.TimeoutException as exc:
             raise errors.InfisicalUnavailable(
                 f"Infisical at {self.base_url} did not answer within {self._timeout:g} s when trying to {what} "
@@ -333,8 +346,18 @@ class InfisicalClient:
                 self._token = await self._login()
             except errors.InfisicalAuthFailed as exc:
                 self._login_failure = (self._clock() + _LOGIN_FAILURE_HOLD, exc)
+                metrics.observe_login(self._identity, "refused")
+                self._note_auth(refused=True)
                 raise
+            except errors.OctoconnError:
+                metrics.observe_login(self._identity, "error")
+                raise
+            metrics.observe_login(self._identity, "success")
             return self._token
+
+    def _note_auth(self, *, refused: bool) -> None:
+        if self._identity == "operator":
+            metrics.OPERATOR_IDENTITY_REFUSED.set(1 if refused else 0)
 
     def _forget_token(self, token: _Token) -> None:
         # Only the token that was refused: another caller may already have logged in again meanwhile.
@@ -509,6 +532,15 @@ class InfisicalClient:
 
 
 # --- helpers --------------------------------------------------------------------------------------------------------
+def _operation(method: str, path: str) -> str:
+    """The metrics label for a request: what it does, never the id or name in its path."""
+    if "/auth/" in path:
+        return "login"
+    if method == "GET":
+        return "get_by_name" if "/connection-name/" in path else "get"
+    return {"POST": "create", "PATCH": "update", "DELETE": "delete"}.get(method, method.lower())
+
+
 def _segment(value: str) -> str:
     """One path segment: an id or name from status or spec must not be able to walk to another route."""
     if not value:

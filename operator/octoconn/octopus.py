@@ -22,7 +22,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from octoconn import __version__, errors
+from octoconn import __version__, errors, metrics
 from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import parse_retry_after
 
@@ -242,7 +242,9 @@ class OctopusClient:
         headers = {"X-Octopus-ApiKey": key} if key is not None else None
         url = base + path
         try:
-            response = await self._http.get(url, headers=headers, params=params)
+            response = await metrics.observe_request(
+                "octopus", _operation(path), self._http.get(url, headers=headers, params=params)
+            )
         except httpx.TimeoutException as exc:
             raise errors.OctopusUnreachable(
                 f"Octopus at {base} did not answer within {self._timeout:g} s ({describe(exc)})"
@@ -380,6 +382,13 @@ def _octopus_message(response: httpx.Response) -> str:
         return ""
     message = " ".join(message.split())[:300].rstrip(".")
     return f": {message}"
+
+
+def _operation(path: str) -> str:
+    """The metrics label for a request path; never the path itself, which carries a user id."""
+    if path == "/api":
+        return "root"
+    return "users_me" if path == "/api/users/me" else "api_keys"
 
 
 def _is_octopus_root(root: dict[str, Any]) -> bool:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from octoconn import metrics
+
 
 class WritePacer:
     """Token bucket (as a GCRA schedule): ``per_minute`` sustained, up to ``burst`` at once after an idle spell.
@@ -31,7 +33,10 @@ class WritePacer:
         burst: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        name: str | None = None,
     ) -> None:
+        """``name`` labels the time callers wait here in the metrics (``read`` or ``write``); None: not measured."""
+        self.name = name
         if per_minute <= 0:
             raise ValueError("per_minute must be positive")
         # A small default burst: a full-size burst on top of the sustained rate could double the writes that land in
@@ -50,6 +55,12 @@ class WritePacer:
 
     async def acquire(self) -> None:
         """Wait until this caller may send one write."""
+        started = self._clock()
+        await self._acquire()
+        if self.name is not None:
+            metrics.PACER_WAIT.labels(self.name).observe(self._clock() - started)
+
+    async def _acquire(self) -> None:
         while True:
             now = self._clock()
             tat = max(self._tat, now)

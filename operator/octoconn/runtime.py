@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from octoconn import errors
+from octoconn import errors, metrics
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
 from octoconn.octopus import OctopusClient
@@ -29,6 +31,7 @@ from octoconn.reconcile import (
     Resource,
     deletion_blocked,
     jittered,
+    parse_time,
     retry_delay,
     utcnow,
 )
@@ -70,6 +73,7 @@ class StorePool:
             pacer=self._pacer,
             read_pacer=self._read_pacer,
             timeout=self._settings.infisical_timeout_seconds,
+            identity="resource",
         )
         self._tenants[key] = created
         if len(self._tenants) > _MAX_TENANT_CLIENTS:
@@ -137,12 +141,13 @@ class Runtime:
     connection_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     # Bounds how many resources reconcile at once (OCTOCONN_MAX_WORKERS); created lazily inside the event loop.
     _slots: asyncio.Semaphore | None = None
+    _metrics_server: Any = None  # aiohttp's AppRunner, while /metrics is served
 
     @classmethod
     def build(cls, settings: Settings, kube: KubeClient) -> Runtime:
-        pacer = WritePacer(per_minute=settings.infisical_writes_per_minute)
+        pacer = WritePacer(per_minute=settings.infisical_writes_per_minute, name="write")
         reads = settings.infisical_reads_per_minute
-        read_pacer = WritePacer(per_minute=reads) if reads > 0 else None
+        read_pacer = WritePacer(per_minute=reads, name="read") if reads > 0 else None
         octopus = OctopusClient(
             timeout=settings.octopus_timeout_seconds,
             allow_http=settings.allow_http,
@@ -165,11 +170,17 @@ class Runtime:
             stores=stores,
             status_writer=statuses,
             owners_of=lambda connection_id: runtime.connection_owners.get(connection_id, ()),
+            key_expiry_warning=timedelta(days=settings.key_expiry_warning_days),
         )
         runtime = cls(
             settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler, statuses=statuses
         )
         return runtime
+
+    async def serve_metrics(self) -> None:
+        s = self.settings
+        if s.metrics_port:
+            self._metrics_server = await metrics.serve(s.metrics_bind_address, s.metrics_port, s.metrics_path)
 
     def kick(self, namespace: str, name: str) -> None:
         """Wake the resource's loop now (spec, annotation or Secret change)."""
@@ -180,8 +191,15 @@ class Runtime:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.max_workers)
         async with self._slots:
-            outcome = await self.reconciler.reconcile(res)
-            await self.statuses.patch_status(res.namespace, res.name, outcome.status.to_patch())
+            metrics.started_reconciling()
+            started = time.monotonic()
+            try:
+                outcome = await self.reconciler.reconcile(res)
+                await self.statuses.patch_status(res.namespace, res.name, outcome.status.to_patch())
+            except Exception:
+                metrics.observe_reconcile("exception", "Unexpected", time.monotonic() - started)
+                raise
+            _observe(res, outcome, time.monotonic() - started)
         for event in outcome.events:
             emit(event)
         return outcome
@@ -192,6 +210,9 @@ class Runtime:
         """Show a stuck deletion where users look (Ready, Events); return when to try again."""
         status, events = deletion_blocked(res, error, utcnow())
         await self.statuses.patch_status(res.namespace, res.name, status.to_patch())
+        metrics.observe_resource(
+            res.namespace, res.name, ready="False", reason="DeletionBlocked", paused=res.paused, key_expires_at=None
+        )
         for event in events:
             emit(event)
         s = self.settings
@@ -245,6 +266,7 @@ class Runtime:
         finally:
             stopping.cancel()
             self.kicks.pop(key, None)
+            metrics.forget_resource(*key)  # deleted, or no longer ours: a deletion still blocked reports itself
 
     async def _settled(self, res: Resource) -> bool:
         """Ready, reconciled at this generation, and its Secret unchanged since: nothing to do right now."""
@@ -292,9 +314,32 @@ class Runtime:
         )
 
     async def aclose(self) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.cleanup()
         await self.octopus.aclose()
         await self.stores.aclose()
         self.kube.close()
+
+
+def _observe(res: Resource, outcome: Outcome, seconds: float) -> None:
+    ready = outcome.status.condition("Ready")
+    ready_status, ready_reason = (ready.status, ready.reason) if ready else ("Unknown", "Reconciling")
+    if res.paused:
+        result, reason = "paused", ready_reason
+    elif outcome.error is not None:
+        result, reason = "error", outcome.error.reason
+    else:
+        result, reason = "success", ready_reason
+    metrics.observe_reconcile(result, reason, seconds)
+    octopus = outcome.status.octopus
+    metrics.observe_resource(
+        res.namespace,
+        res.name,
+        ready=ready_status,
+        reason=ready_reason,
+        paused=res.paused,
+        key_expires_at=parse_time(octopus.key_expires_at) if octopus else None,
+    )
 
 
 def _ready_summary(outcome: Outcome) -> str:

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
         description="This replica's peering priority; unset draws a random one at start, so identical pods differ.",
     )
 
+    metrics_port: int = Field(
+        8081, ge=0, le=65535, description="Port of the Prometheus metrics endpoint; 0 turns the endpoint off."
+    )
+    metrics_path: str = Field("/metrics", description="HTTP path of the Prometheus metrics endpoint.")
+    metrics_bind_address: str = Field(
+        "0.0.0.0",  # noqa: S104 - the endpoint must be reachable from Prometheus in other pods
+        description="Address the metrics endpoint listens on.",
+    )
+    key_expiry_warning_days: float = Field(
+        14.0, ge=0, description="Warn (Event, condition reason, metric) this many days before an API key expires."
+    )
+
     log_format: Literal["plain", "json"] = Field("plain", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -89,6 +101,13 @@ class Settings(BaseSettings):
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metrics_path")
+    @classmethod
+    def _check_metrics_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("OCTOCONN_METRICS_PATH must be a URL path starting with / (e.g. /metrics)")
         return value
 
     @field_validator("infisical_url")
