@@ -46,6 +46,8 @@ from octoconn.octopus import OctopusIdentity, normalize_instance_url
 READY = "Ready"
 CREDENTIALS_VERIFIED = "CredentialsVerified"
 SYNCED = "Synced"
+# CredentialsVerified=True with this reason: the key works but expires within the warning window. Ready stays True.
+KEY_EXPIRING_SOON = "ApiKeyExpiringSoon"
 
 # A connection found by name after a crash mid-create is ours if Infisical created it after our marker;
 # the margin absorbs clock skew between the operator and Infisical.
@@ -291,6 +293,38 @@ def transition_events(before: OctopusDeployConnectionStatus, after: OctopusDeplo
     return [Event(kind, new.reason, new.message)]
 
 
+def key_expiry_message(identity: OctopusIdentity, secret: str, *, now: datetime, window: timedelta) -> str | None:
+    """The warning for a key that expires within ``window`` (a zero window turns it off), or None."""
+    expires = identity.key_expires_at
+    if expires is None or window <= timedelta(0) or expires - now > window:
+        return None
+    days = int((expires - now).total_seconds() // 86400)
+    left = f"in {days} day{'s' if days != 1 else ''}" if days >= 1 else "in less than a day"
+    return (
+        f"Octopus accepted the key of {identity.username} ({identity.user_id}), but it expires at {rfc3339(expires)} "
+        f"({left}). Create a new API key in Octopus and put it in Secret {secret}."
+    )
+
+
+def key_expiry_events(
+    before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus, *, window: timedelta
+) -> list[Event]:
+    """One Warning per expiring key, not one per pass nor one per outage in between.
+
+    The previous status says whether this key was already warned about: it was, if the last verification saw the
+    same expiry already inside the window. A rotation to another short-lived key gets its own Warning.
+    """
+    new = after.condition(CREDENTIALS_VERIFIED)
+    if new is None or new.reason != KEY_EXPIRING_SOON:
+        return []
+    previous = parse_time(before.octopus.key_expires_at) if before.octopus else None
+    current = parse_time(after.octopus.key_expires_at) if after.octopus else None
+    verified = parse_time(before.last_verified_time)
+    if previous is not None and previous == current and verified is not None and previous - verified <= window:
+        return []
+    return [Event("Warning", KEY_EXPIRING_SOON, new.message)]
+
+
 def deletion_blocked(
     res: Resource, error: errors.OctoconnError, now: datetime
 ) -> tuple[OctopusDeployConnectionStatus, list[Event]]:
@@ -385,8 +419,13 @@ class ConnectionReconciler:
         status_writer: StatusWriter,
         owners_of: Callable[[str], Iterable[str]] = lambda _: (),
         clock: Callable[[], datetime] = utcnow,
+        key_expiry_warning: timedelta = timedelta(days=14),
     ) -> None:
-        """``owners_of(connection_id)``: the ``namespace/name`` of every resource that records that connection."""
+        """``owners_of(connection_id)``: the ``namespace/name`` of every resource that records that connection.
+
+        ``key_expiry_warning``: a key expiring within it gives ``CredentialsVerified=True/ApiKeyExpiringSoon``.
+        """
+        self._key_expiry_warning = key_expiry_warning
         self._owners_of = owners_of
         self._secrets = secrets
         self._octopus = octopus
@@ -445,12 +484,14 @@ class ConnectionReconciler:
             key_expires_at=rfc3339(identity.key_expires_at) if identity.key_expires_at else None,
         )
         status.last_verified_time = rfc3339(now)
+        secret_name = f"{res.namespace}/{res.spec.api_key_secret_ref.name}"
+        expiring = key_expiry_message(identity, secret_name, now=now, window=self._key_expiry_warning)
         status.conditions = set_condition(
             status.conditions,
             type_=CREDENTIALS_VERIFIED,
             status="True",
-            reason="ApiKeyValid",
-            message=f"Octopus accepted the key of {identity.username} ({identity.user_id}).",
+            reason=KEY_EXPIRING_SOON if expiring else "ApiKeyValid",
+            message=expiring or f"Octopus accepted the key of {identity.username} ({identity.user_id}).",
             generation=res.generation,
             now=now,
         )
@@ -787,7 +828,9 @@ class ConnectionReconciler:
             now=now,
         )
         status.conditions = summarize_ready(status.conditions, generation=res.generation, now=now)
-        return Outcome(status=status, events=transition_events(res.status, status), error=error)
+        expiry = key_expiry_events(res.status, status, window=self._key_expiry_warning)
+        events = transition_events(res.status, status) + expiry
+        return Outcome(status=status, events=events, error=error)
 
 
 _TRANSIENT = (errors.Retry.BACKOFF, errors.Retry.RATE_LIMITED)

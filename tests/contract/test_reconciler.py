@@ -8,6 +8,7 @@ Infisical's POST and the status write, and an operator restart that must not re-
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from octoconn.infisical import InfisicalClient
@@ -256,3 +257,56 @@ async def test_spec_change_with_a_failing_key_does_not_claim_synced(
     assert synced is not None
     assert (synced.status, synced.reason) == ("Unknown", "WaitingForCredentials")
     assert outcome.status.instance_url == octopus.url  # what Infisical still holds
+
+
+async def test_key_expiring_soon_warns_once_and_rotation_clears_it(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets, status_sink = MemorySecrets(), MemoryStatus()
+    short = octopus.state.issue_key(expires=datetime.now(UTC) + timedelta(days=5))
+    secrets.put("key", {"apiKey": short})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, status_sink)
+
+    first = await reconciler.reconcile(resource(octopus))
+    verified, ready = first.status.condition("CredentialsVerified"), first.status.condition("Ready")
+    assert verified is not None
+    assert ready is not None
+    assert (verified.status, verified.reason) == ("True", "ApiKeyExpiringSoon")
+    assert "in 4 days" in verified.message
+    assert "team/key" in verified.message
+    assert (ready.status, ready.reason) == ("True", "Available")  # the key still works: Ready stays True
+    assert [e.type for e in first.events if e.reason == "ApiKeyExpiringSoon"] == ["Warning"]
+
+    # The same key on the next pass (periodic check, restart): no second Warning.
+    second = await reconciler.reconcile(resource(octopus, first.status))
+    assert second.status.condition("CredentialsVerified").reason == "ApiKeyExpiringSoon"  # type: ignore[union-attr]
+    assert [e for e in second.events if e.reason == "ApiKeyExpiringSoon"] == []
+
+    # A rotation to a key with the default 180-day lifetime clears the warning.
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    third = await reconciler.reconcile(resource(octopus, second.status))
+    assert third.status.condition("CredentialsVerified").reason == "ApiKeyValid"  # type: ignore[union-attr]
+    assert third.events == [e for e in third.events if e.reason != "ApiKeyExpiringSoon"]
+
+    # Another short-lived key later is a new key: it is warned about again.
+    secrets.put("key", {"apiKey": octopus.state.issue_key(expires=datetime.now(UTC) + timedelta(days=2))})
+    fourth = await reconciler.reconcile(resource(octopus, third.status))
+    assert [e.reason for e in fourth.events].count("ApiKeyExpiringSoon") == 1
+
+
+async def test_key_expiry_warning_window_zero_turns_it_off(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key(expires=datetime.now(UTC) + timedelta(days=1))})
+    reconciler = ConnectionReconciler(
+        secrets=secrets,
+        octopus=octopus_client,
+        stores=Stores(infisical_client),
+        status_writer=MemoryStatus(),
+        key_expiry_warning=timedelta(0),
+    )
+    outcome = await reconciler.reconcile(resource(octopus))
+    assert outcome.status.condition("CredentialsVerified").reason == "ApiKeyValid"  # type: ignore[union-attr]
+    assert outcome.status.octopus is not None
+    assert outcome.status.octopus.key_expires_at is not None
