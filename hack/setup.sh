@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything octoconn's tests and demo need, on a fresh Debian machine or a warm one (idempotent):
-# Debian packages, uv, the locked Python dependencies, the Go-built kube-apiserver/kubectl/etcd/helm, and the local
-# Python base image that the operator image is built on when no registry is reachable.
+# Debian packages, uv, the locked Python dependencies, the Go-built kube-apiserver/kubectl/etcd/helm/promtool and
+# Argo CD health-check runner, and the local Python base image that the operator image is built on when no registry
+# is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

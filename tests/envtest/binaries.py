@@ -1,4 +1,4 @@
-"""Build and cache the Go binaries the test tier needs: kube-apiserver, kubectl, etcd and helm.
+"""Build and cache the Go binaries the test tier needs: kube-apiserver, kubectl, etcd, helm and promtool.
 
 The binaries are built from the Go module proxy (no other download site is reachable here) and cached under
 ``$OCTOCONN_CACHE`` (default ``~/.cache/octoconn``), one folder per tool and version, so a warm machine never
@@ -27,6 +27,8 @@ from typing import Any
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 HELM_VERSION = "v3.22.0"
+# Prometheus 3.x is published as module versions v0.3XX.Y (3.16.0 -> v0.316.0).
+PROMTOOL_VERSION = "v0.316.0"
 
 
 def cache_dir() -> Path:
@@ -174,6 +176,28 @@ def _helm_ldflags(gomod: dict[str, Any]) -> str:
     return " ".join(flags)
 
 
+def promtool_path(root: Path | None = None) -> Path:
+    return (root or cache_dir()) / "bin" / f"promtool-{PROMTOOL_VERSION}" / "promtool"
+
+
+def _promtool_ldflags(_: dict[str, Any]) -> str:
+    _, minor, patch = PROMTOOL_VERSION.lstrip("v").split(".")
+    release = f"{minor[0]}.{int(minor[1:])}.{patch}"  # v0.316.0 -> 3.16.0
+    return f"-s -w -X github.com/prometheus/common/version.Version={release}"
+
+
+def ensure_promtool() -> Path:
+    """Build promtool (checks and unit-tests the chart's alerting rules) if it is missing; return its path."""
+    out = promtool_path()
+    if out.exists():
+        return out
+    if shutil.which("go") is None:
+        raise RuntimeError("the Go toolchain is required to build promtool (go not found on PATH)")
+    module = "github.com/prometheus/prometheus"
+    _build_plain("promtool", module, PROMTOOL_VERSION, f"{module}/cmd/promtool", out, _promtool_ldflags)
+    return out
+
+
 def ensure_binaries() -> Binaries:
     """Build every missing binary and return their paths. Cheap when the cache is warm."""
     paths = expected_paths()
@@ -195,12 +219,14 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     paths = ensure_binaries()
+    promtool = ensure_promtool()
     _log(f"all binaries present ({time.monotonic() - started:.0f}s)")
     if args.print_dir:
         print(paths.kubectl.parent)
     else:
         for field, value in vars(paths).items():
             print(f"{field}={value}")
+        print(f"promtool={promtool}")
     return 0
 
 
