@@ -143,6 +143,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "universal-existing": {"auth": {"universal": {"existingSecret": "my-creds"}}},
     "kubernetes": {"auth": {"method": "kubernetes", "kubernetes": {"identityId": "ident", "authDelegator": True}}},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"], "octopus": {"caBundle": {"configMapName": "ca"}}},
+    "monitoring": {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}},
 }
 
 
@@ -282,6 +283,9 @@ def test_env_maps_from_values(helm: Helm) -> None:
         "OCTOCONN_PEERING_NAME": "octoconn",
         "OCTOCONN_PEERING_LIFETIME_SECONDS": "45",
         "POD_ID": None,  # from the pod's name (fieldRef)
+        "OCTOCONN_KEY_EXPIRY_WARNING_DAYS": "14",
+        "OCTOCONN_METRICS_PORT": "8081",
+        "OCTOCONN_METRICS_PATH": "/metrics",
         "OCTOCONN_LOG_FORMAT": "json",
         "OCTOCONN_LOG_LEVEL": "DEBUG",
         "OCTOCONN_OCTOPUS_TIMEOUT_SECONDS": "3",
@@ -317,6 +321,9 @@ def test_chart_defaults_match_operator_defaults(helm: Helm) -> None:
         "infisical_reads_per_minute",
         "peering_name",
         "peering_lifetime_seconds",
+        "metrics_port",
+        "metrics_path",
+        "key_expiry_warning_days",
     )
     for name in names:
         default = Settings.model_fields[name].default
@@ -808,3 +815,51 @@ def _service_accounts(kube_api: Any, namespace: str) -> list[str]:
 
 def _chart() -> dict[str, Any]:
     return yaml.safe_load((CHART / "Chart.yaml").read_text())
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+
+
+def test_metrics_service_points_at_the_operator_metrics_port(helm: Helm) -> None:
+    m = helm.render({"metrics": {"port": 9100, "path": "/prom"}})
+    service = m.one("Service", "octoconn-metrics")
+    assert service["spec"]["selector"] == m.one("Deployment")["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in m.container["ports"]
+    assert m.env["OCTOCONN_METRICS_PORT"] == "9100"
+    assert m.env["OCTOCONN_METRICS_PATH"] == "/prom"
+    # Off by default: both need the Prometheus Operator's CRDs.
+    assert m.of_kind("ServiceMonitor") == []
+    assert m.of_kind("PrometheusRule") == []
+
+
+def test_metrics_disabled_turns_the_endpoint_off_too(helm: Helm) -> None:
+    m = helm.render({"metrics": {"enabled": False}})
+    assert m.of_kind("Service") == []
+    assert m.env["OCTOCONN_METRICS_PORT"] == "0"
+    assert all(p["name"] != "metrics" for p in m.container["ports"])
+    proc = helm.template({"metrics": {"enabled": False, "prometheusRule": {"enabled": True}}}, check=False)
+    assert proc.returncode != 0
+    assert "metrics.prometheusRule.enabled needs metrics.enabled" in proc.stderr
+
+
+def test_service_monitor_selects_only_the_metrics_service(helm: Helm) -> None:
+    values = {
+        "metrics": {"path": "/prom", "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"a": "b"}}}
+    }
+    m = helm.render(values)
+    monitor = m.one("ServiceMonitor", "octoconn", RELEASE_NAMESPACE)
+    assert monitor["metadata"]["labels"]["a"] == "b"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    matching = [s for s in m.of_kind("Service") if selector.items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in matching] == ["octoconn-metrics"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "metrics", "path": "/prom", "interval": "15s", "honorLabels": True}
+
+
+def test_prometheus_rule_ships_the_rules_file(helm: Helm) -> None:
+    m = helm.render({"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}})
+    rule = m.one("PrometheusRule", "octoconn", RELEASE_NAMESPACE)
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
