@@ -49,6 +49,8 @@ class OperatorProcess:
         self.popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.liveness_port = free_port()
+        # Every operator of a test run gets its own metrics port, on loopback only.
+        self.metrics_port = int(env.get("OCTOCONN_METRICS_PORT") or free_port())
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         scope = [arg for ns in self.namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
@@ -66,6 +68,8 @@ class OperatorProcess:
         env = {
             key: value for key, value in os.environ.items() if not key.startswith("OCTOCONN_") and key != "KUBECONFIG"
         }
+        env["OCTOCONN_METRICS_PORT"] = str(self.metrics_port)
+        env["OCTOCONN_METRICS_BIND_ADDRESS"] = "127.0.0.1"
         env.update(self.env)
         env["KUBECONFIG"] = self.kubeconfig
         env["PYTHONUNBUFFERED"] = "1"
@@ -123,6 +127,12 @@ class OperatorProcess:
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
         self.stop()
+
+    def scrape(self, path: str = "/metrics") -> str:
+        """The operator's metrics endpoint, as Prometheus would read it."""
+        response = httpx.get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5)
+        response.raise_for_status()
+        return response.text
 
     def log_text(self) -> str:
         try:
