@@ -21,6 +21,7 @@ from typing import Any
 from octoconn import errors, metrics
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
+from octoconn.models import OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
 from octoconn.reconcile import (
@@ -244,6 +245,8 @@ class Runtime:
         kick = self.kicks.setdefault(key, asyncio.Event())
         stopping = asyncio.ensure_future(stopped())
         failures = 0
+        # What status says until the first check: after a restart, a settled resource may wait minutes for it.
+        _observe_status(first, first.status)
         try:
             if await self._settled(first):
                 # After a restart, a resource that was fine and has not changed since waits for its periodic
@@ -323,22 +326,25 @@ class Runtime:
 
 def _observe(res: Resource, outcome: Outcome, seconds: float) -> None:
     ready = outcome.status.condition("Ready")
-    ready_status, ready_reason = (ready.status, ready.reason) if ready else ("Unknown", "Reconciling")
     if res.paused:
-        result, reason = "paused", ready_reason
+        result, reason = "paused", ready.reason if ready else "ReconcilePaused"
     elif outcome.error is not None:
         result, reason = "error", outcome.error.reason
     else:
-        result, reason = "success", ready_reason
+        result, reason = "success", ready.reason if ready else "Available"
     metrics.observe_reconcile(result, reason, seconds)
-    octopus = outcome.status.octopus
+    _observe_status(res, outcome.status)
+
+
+def _observe_status(res: Resource, status: OctopusDeployConnectionStatus) -> None:
+    ready = status.condition("Ready")
     metrics.observe_resource(
         res.namespace,
         res.name,
-        ready=ready_status,
-        reason=ready_reason,
+        ready=ready.status if ready else "Unknown",
+        reason=ready.reason if ready else "Reconciling",
         paused=res.paused,
-        key_expires_at=parse_time(octopus.key_expires_at) if octopus else None,
+        key_expires_at=parse_time(status.octopus.key_expires_at) if status.octopus else None,
     )
 
 

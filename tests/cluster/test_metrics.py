@@ -1,5 +1,5 @@
-"""The real operator process's /metrics while it creates a connection, meets a 429, rotates the key, has its key
-refused and deletes the resource.
+"""The real operator process's /metrics while it creates a connection, meets a 429, rotates the key, restarts, has
+its key refused and deletes the resource.
 
 An operator of its own watches one namespace, so every count below is this test's alone and can be exact. Retries
 and periodic checks are pushed far out (an hour), so nothing reconciles unless the test asks for it.
@@ -42,6 +42,10 @@ def metrics_operator(
     control_plane: ClusterAccess, crd: str, remotes: Remotes, kube_api: client.ApiClient, tmp_path: Path
 ) -> Iterator[tuple[OperatorProcess, Kube]]:
     with own_namespace(kube_api, "metrics") as namespace:
+        kube = Kube(kube_api, namespace)
+        # Before the operator starts: a Secret it sees only in its initial listing wakes nobody, so the create below
+        # is exactly one reconcile (a Secret event racing the new resource would make it two).
+        kube.put_secret("octopus-key", {"apiKey": remotes.new_key(expires=datetime.now(UTC) + timedelta(days=5))})
         env = operator_env(
             remotes,
             OCTOCONN_RESYNC_INTERVAL_SECONDS="3600",
@@ -53,7 +57,7 @@ def metrics_operator(
             kubeconfig=control_plane.kubeconfig, env=env, log_path=tmp_path / "operator.log", namespaces=[namespace]
         ).start()
         try:
-            yield process, Kube(kube_api, namespace)
+            yield process, kube
         finally:
             process.stop()
 
@@ -87,9 +91,7 @@ def test_metrics_follow_create_429_rotation_refusal_and_deletion(
     assert start.value("octoconn_reconciles_total") == 0
     assert start.value("octoconn_resources") == 0
 
-    # --- create, with a key that expires in 5 days ----------------------------------------------------------------
-    short_key = remotes.new_key(expires=datetime.now(UTC) + timedelta(days=5))
-    kube.put_secret("octopus-key", {"apiKey": short_key})
+    # --- create, with a key that expires in 5 days (the fixture's Secret) ----------------------------------------
     kube.apply_odc(name, {"instanceUrl": remotes.octopus_url, "apiKeySecretRef": {"name": "octopus-key"}})
     obj = kube.wait_condition(name, "Ready", "True", "Available")
     assert kube.condition(name, "CredentialsVerified")["reason"] == "ApiKeyExpiringSoon"  # type: ignore[index]
@@ -149,6 +151,15 @@ def test_metrics_follow_create_429_rotation_refusal_and_deletion(
     assert new_expiry - time.time() > 170 * 86400
     assert rotated.value("octoconn_resource_ready", **me) == 1
 
+    # --- a restart: the settled resource waits for its periodic check, but its series come from status at once ------
+    operator.stop()
+    operator.start()
+    restarted = wait_for(operator, lambda s: s.has("octoconn_resource_ready", **me), "series read from status")
+    assert restarted.value("octoconn_reconciles_total") == 0
+    assert restarted.value("octoconn_resource_ready", **me) == 1
+    assert restarted.value("octoconn_resources", ready="True", reason="Available") == 1
+    assert restarted.value("octoconn_api_key_expiry_timestamp_seconds", **me) == new_expiry
+
     # --- the key is revoked in Octopus: refused, not Ready; nothing is sent to Infisical ---------------------------
     current = kube.secret("octopus-key").data["apiKey"]
     remotes.octopus.state.revoke_key(base64.b64decode(current).decode())
@@ -159,12 +170,13 @@ def test_metrics_follow_create_429_rotation_refusal_and_deletion(
         lambda s: s.value("octoconn_reconciles_total", result="error", reason="InvalidApiKey") == 1,
         "the refused key",
     )
-    assert delta(rotated, refused, "octoconn_octopus_requests_total", operation="users_me", status_class="4xx") == 1
-    assert delta(rotated, refused, "octoconn_infisical_requests_total") == 0
+    assert delta(restarted, refused, "octoconn_octopus_requests_total", operation="users_me", status_class="4xx") == 1
+    assert delta(restarted, refused, "octoconn_infisical_requests_total") == 0
     assert refused.value("octoconn_resource_ready", **me) == 0
     assert refused.value("octoconn_resources", ready="False", reason="InvalidApiKey") == 1
     assert refused.value("octoconn_resources", ready="True") == 0
-    assert refused.value("octoconn_reconcile_duration_seconds_count", result="error") == 2  # the 429 and this one
+    assert refused.value("octoconn_reconcile_duration_seconds_count", result="error") == 1
+    assert refused.value("octoconn_reconciles_total") == 1  # since the restart: only the pass that was asked for
 
     # --- deletion: the connection is deleted in Infisical and the resource's series disappear ----------------------
     kube.delete_odc(name)
