@@ -13,6 +13,7 @@ kubernetes go.mod itself, so a version bump needs no hand-edited list.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -198,6 +199,28 @@ def ensure_promtool() -> Path:
     return out
 
 
+ARGOCD_HEALTH_SOURCE = Path(__file__).resolve().parents[1] / "argocd"
+
+
+def argocd_health_path(root: Path | None = None) -> Path:
+    """The runner of tests/argocd, cached per content of its sources: an edit of go.mod or main.go rebuilds it."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((ARGOCD_HEALTH_SOURCE / name).read_bytes())
+    return (root or cache_dir()) / "bin" / f"argocd-health-{digest.hexdigest()[:12]}" / "argocd-health"
+
+
+def ensure_argocd_health() -> Path:
+    """Build the program that runs Argo CD health scripts in Argo CD's own Lua VM (tests/argocd) if missing."""
+    out = argocd_health_path()
+    if out.exists():
+        return out
+    if shutil.which("go") is None:
+        raise RuntimeError("the Go toolchain is required to build tests/argocd (go not found on PATH)")
+    _build(ARGOCD_HEALTH_SOURCE, ".", out, "-s -w")
+    return out
+
+
 def ensure_binaries() -> Binaries:
     """Build every missing binary and return their paths. Cheap when the cache is warm."""
     paths = expected_paths()
@@ -220,6 +243,7 @@ def main() -> int:
     started = time.monotonic()
     paths = ensure_binaries()
     promtool = ensure_promtool()
+    argocd_health = ensure_argocd_health()
     _log(f"all binaries present ({time.monotonic() - started:.0f}s)")
     if args.print_dir:
         print(paths.kubectl.parent)
@@ -227,6 +251,7 @@ def main() -> int:
         for field, value in vars(paths).items():
             print(f"{field}={value}")
         print(f"promtool={promtool}")
+        print(f"argocd_health={argocd_health}")
     return 0
 
 
