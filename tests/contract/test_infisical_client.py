@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
-from octoconn import errors
+from octoconn import errors, metrics
 from octoconn.infisical import AppConnection, InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.pacing import WritePacer
 from tests.servers.infisical import InfisicalServer
@@ -526,3 +527,32 @@ async def test_secrets_travel_only_in_bodies_and_the_bearer_header(
         assert key not in str(request.query)
         assert key not in request.path
     assert str(infisical.client_secret) not in repr(client)
+
+
+async def test_refusals_of_the_operator_identity_show_in_the_metrics(
+    infisical: InfisicalServer, make_client: ClientFactory
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    refused = sample("octoconn_infisical_logins_total", identity="operator", result="refused")
+    tenant_refused = sample("octoconn_infisical_logins_total", identity="resource", result="refused")
+    ok = sample("octoconn_infisical_logins_total", identity="operator", result="success")
+    wrong = UniversalAuth(client_id=infisical.client_id or "", client_secret="wrong")
+
+    # A per-resource identity's refusal is counted but says nothing about the operator's own identity.
+    metrics.OPERATOR_IDENTITY_REFUSED.set(0)
+    with pytest.raises(errors.InfisicalAuthFailed):
+        await make_client(auth=wrong, identity="resource").get("6f1c7a0e-1111-4222-8333-944445555666")
+    assert sample("octoconn_infisical_logins_total", identity="resource", result="refused") == tenant_refused + 1
+    assert sample("octoconn_infisical_operator_identity_refused") == 0
+
+    with pytest.raises(errors.InfisicalAuthFailed):
+        await make_client(auth=wrong).get("6f1c7a0e-1111-4222-8333-944445555666")
+    assert sample("octoconn_infisical_logins_total", identity="operator", result="refused") == refused + 1
+    assert sample("octoconn_infisical_operator_identity_refused") == 1
+
+    # Fixed (a restart with the right secret): the first accepted call clears it.
+    assert await make_client().get("6f1c7a0e-1111-4222-8333-944445555666") is None
+    assert sample("octoconn_infisical_logins_total", identity="operator", result="success") == ok + 1
+    assert sample("octoconn_infisical_operator_identity_refused") == 0

@@ -11,15 +11,20 @@ import pytest
 from octoconn import errors
 from octoconn.infisical import AppConnection
 from octoconn.models import Condition, OctopusDeployConnectionStatus
+from octoconn.octopus import OctopusIdentity
 from octoconn.reconcile import (
     CREDENTIALS_VERIFIED,
+    KEY_EXPIRING_SOON,
     READY,
     SYNCED,
     Resource,
     ignored_by_infisical,
     js_trim,
+    key_expiry_events,
+    key_expiry_message,
     plan_update,
     retry_delay,
+    rfc3339,
     set_condition,
     stored_description,
     summarize_ready,
@@ -321,3 +326,85 @@ async def test_status_memory_puts_our_last_write_into_an_older_body() -> None:
     caught_up = {**old, "status": {"id": "c1"}, "spec": {"description": "newer"}}
     assert memory.view(caught_up) == caught_up
     assert memory.view(old) == old  # once caught up, the body is the truth again
+
+
+# --- key-expiry warning ------------------------------------------------------------------------------------------
+WINDOW = timedelta(days=14)
+
+
+def identity(expires: datetime | None) -> OctopusIdentity:
+    return OctopusIdentity(
+        user_id="Users-1",
+        username="ci",
+        display_name=None,
+        is_service=True,
+        server_version=None,
+        key_expires_at=expires,
+    )
+
+
+def verified(
+    reason: str, *, status: str = "True", expires: datetime | None, at: datetime
+) -> OctopusDeployConnectionStatus:
+    return OctopusDeployConnectionStatus.model_validate(
+        {
+            "conditions": [
+                {
+                    "type": CREDENTIALS_VERIFIED,
+                    "status": status,
+                    "reason": reason,
+                    "message": "m",
+                    "lastTransitionTime": "x",
+                }
+            ],
+            "octopus": {"userId": "Users-1", "username": "ci", "keyExpiresAt": rfc3339(expires) if expires else None},
+            "lastVerifiedTime": rfc3339(at),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "expected"),
+    [
+        (timedelta(days=20), None),
+        (timedelta(days=14), "in 14 days"),
+        (timedelta(days=1, hours=2), "in 1 day)"),
+        (timedelta(hours=3), "in less than a day"),
+    ],
+)
+def test_key_expiry_message(expires_in: timedelta, expected: str | None) -> None:
+    message = key_expiry_message(identity(T0 + expires_in), "team/key", now=T0, window=WINDOW)
+    if expected is None:
+        assert message is None
+    else:
+        assert message is not None
+        assert expected in message
+        assert "Secret team/key" in message
+
+
+def test_key_expiry_message_off_or_unknown() -> None:
+    assert key_expiry_message(identity(T0 + timedelta(days=1)), "s", now=T0, window=timedelta(0)) is None
+    assert key_expiry_message(identity(None), "s", now=T0, window=WINDOW) is None
+
+
+def test_key_expiry_warning_once_per_key_even_across_an_outage() -> None:
+    soon = T0 + timedelta(days=5)
+    first_seen = verified(KEY_EXPIRING_SOON, expires=soon, at=T1)
+    # First time in the window: one Warning.
+    assert [
+        e.reason
+        for e in key_expiry_events(
+            verified("ApiKeyValid", expires=soon, at=T0 - timedelta(days=10)), first_seen, window=WINDOW
+        )
+    ] == [KEY_EXPIRING_SOON]
+    # The next pass, and the pass after an outage (the status in between says OctopusUnreachable): none.
+    assert key_expiry_events(first_seen, verified(KEY_EXPIRING_SOON, expires=soon, at=T1), window=WINDOW) == []
+    outage = verified("OctopusUnreachable", status="Unknown", expires=soon, at=T1)
+    assert key_expiry_events(outage, verified(KEY_EXPIRING_SOON, expires=soon, at=T1), window=WINDOW) == []
+    # A new key that also expires soon: warned again. Not in the window: nothing.
+    other = verified(KEY_EXPIRING_SOON, expires=soon + timedelta(days=1), at=T1)
+    assert [e.type for e in key_expiry_events(first_seen, other, window=WINDOW)] == ["Warning"]
+    assert (
+        key_expiry_events(first_seen, verified("ApiKeyValid", expires=T0 + timedelta(days=180), at=T1), window=WINDOW)
+        == []
+    )
