@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET, Kube, Remotes, operator_env, own_namespace
 from tests.cluster.operator_process import free_port
@@ -73,9 +74,10 @@ def operator_image() -> str:
 class Container:
     """One operator container; ``stop`` removes it (and, with it, its logs), so ``logs`` is read before."""
 
-    def __init__(self, name: str, liveness_port: int) -> None:
+    def __init__(self, name: str, liveness_port: int, metrics_port: int) -> None:
         self.name = name
         self.liveness_port = liveness_port
+        self.metrics_port = metrics_port
 
     def wait_alive(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -131,7 +133,9 @@ def containerised(
             "OCTOCONN_RETRY_BACKOFF_CAP_SECONDS": "2",
             "KUBECONFIG": "/etc/octoconn/kubeconfig",
         }
-        container = Container(f"octoconn-test-{namespace}", free_port())
+        container = Container(f"octoconn-test-{namespace}", free_port(), free_port())
+        # Host network: a port of its own, on loopback, like the liveness endpoint.
+        env |= {"OCTOCONN_METRICS_PORT": str(container.metrics_port), "OCTOCONN_METRICS_BIND_ADDRESS": "127.0.0.1"}
         args = [
             # --timeout: should pytest itself be killed, the container still stops on its own.
             "run", "--detach", "--name", container.name, "--timeout", "900",
@@ -178,6 +182,15 @@ def test_image_runs_hardened_and_reconciles_create_rotation_and_delete(
     row = remotes.infisical.state.connection(ready["id"])
     assert row is not None
     assert row["_credentials"]["apiKey"] == first_key
+    # The image serves the operator's metrics (prometheus-client is installed in it); they follow the status write.
+    me = {"namespace": kube.namespace, "name": "from-image"}
+    deadline, ready_series = time.monotonic() + 10, []
+    while ready_series != [1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        scraped = httpx.get(f"http://127.0.0.1:{container.metrics_port}/metrics", timeout=5).text
+        samples = [s for f in text_string_to_metric_families(scraped) for s in f.samples]
+        ready_series = [s.value for s in samples if s.name == "octoconn_resource_ready" and s.labels == me]
+    assert ready_series == [1]
 
     second_key = remotes.new_key()
     version = kube.put_secret("octopus-key", {"apiKey": second_key})
