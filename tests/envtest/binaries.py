@@ -111,7 +111,9 @@ def _version_ldflags(version: str) -> str:
 
 
 def _build(src: Path, package: str, out: Path, ldflags: str) -> None:
-    tmp = out.with_name(out.name + ".tmp")
+    # One temporary name per process: two test sessions that both find the binary missing may build it at once,
+    # and a shared name would let one rename the other's half-written file away.
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     _log(f"building {package} -> {out}")
