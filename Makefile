@@ -31,8 +31,7 @@ fmt: ## format and auto-fix
 	$(UV) run --frozen ruff check --fix .
 
 crds: ## regenerate crds/ and the chart's copy from operator/octoconn/models.py
-	$(UV) run --frozen python -m octoconn.crd > crds/octoconn.dev_octopusdeployconnections.yaml
-	@if [ -d helm/octoconn/crds ]; then cp crds/octoconn.dev_octopusdeployconnections.yaml helm/octoconn/crds/; fi
+	$(UV) run --frozen python -m octoconn.crd --write crds helm/octoconn/crds
 
 cluster: setup ## start a local control plane (etcd + kube-apiserver) and print its KUBECONFIG; Ctrl-C stops it
 	$(UV) run --frozen python -m tests.envtest

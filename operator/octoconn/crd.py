@@ -1,8 +1,8 @@
-"""Generate the CustomResourceDefinition from ``octoconn.models``.
+"""Generate the CustomResourceDefinitions from ``octoconn.models`` and ``octoconn.sync_models``.
 
 The models are the single source of truth: field names (camelCase aliases), types, descriptions, required
-fields, enums, length limits, patterns and CEL rules all come from them. ``python -m octoconn.crd`` prints the
-CRD; ``make crds`` writes it to ``crds/``; a test fails when the committed file differs from the output.
+fields, enums, length limits, patterns and CEL rules all come from them. ``python -m octoconn.crd [PLURAL]`` prints
+one CRD; ``make crds`` writes both to ``crds/`` and the chart; a test fails when a committed file differs.
 No ``default:`` is ever emitted: defaults on optional fields make Argo CD report OutOfSync forever.
 """
 
@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import sys
 import types
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from octoconn import models
+from octoconn import models, sync_models
 
 _STRING_CONSTRAINTS = {"min_length": "minLength", "max_length": "maxLength"}
 _NUMBER_CONSTRAINTS = {"ge": "minimum", "le": "maximum"}
+_ARRAY_CONSTRAINTS = {"minLength": "minItems", "maxLength": "maxItems"}
 
 
 def _strip_optional(annotation: Any) -> Any:
@@ -30,10 +33,24 @@ def _strip_optional(annotation: Any) -> Any:
     return annotation
 
 
+def _constraints(schema: dict[str, Any], metadata: list[Any]) -> dict[str, Any]:
+    array = schema.get("type") == "array"
+    for meta in metadata:
+        for attr, key in {**_STRING_CONSTRAINTS, **_NUMBER_CONSTRAINTS}.items():
+            value = getattr(meta, attr, None)
+            if value is not None:
+                schema[_ARRAY_CONSTRAINTS.get(key, key) if array else key] = value
+    return schema
+
+
 def _type_schema(annotation: Any) -> dict[str, Any]:
     annotation = _strip_optional(annotation)
     if get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
+        inner, *extras = get_args(annotation)
+        metadata = [m for extra in extras for m in (extra.metadata if isinstance(extra, FieldInfo) else [extra])]
+        described = [e.description for e in extras if isinstance(e, FieldInfo) and e.description]
+        schema = _constraints(_type_schema(inner), metadata)
+        return {"description": described[0], **schema} if described else schema
     origin = get_origin(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return model_schema(annotation)
@@ -53,12 +70,7 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
 
 
 def _field_schema(field: FieldInfo) -> dict[str, Any]:
-    schema = _type_schema(field.annotation)
-    for meta in field.metadata:
-        for attr, key in {**_STRING_CONSTRAINTS, **_NUMBER_CONSTRAINTS}.items():
-            value = getattr(meta, attr, None)
-            if value is not None:
-                schema[key] = value
+    schema = _constraints(_type_schema(field.annotation), field.metadata)
     if isinstance(field.json_schema_extra, dict):
         schema.update(field.json_schema_extra)
     # The API server's message for a failed ``pattern`` shows the raw regular expression, so a pattern reaches the
@@ -90,51 +102,103 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def _printer_columns() -> list[dict[str, Any]]:
-    def cond(field: str) -> str:
-        return f'.status.conditions[?(@.type=="Ready")].{field}'
+def _ready(field: str) -> str:
+    return f'.status.conditions[?(@.type=="Ready")].{field}'
 
-    return [
-        {"name": "Ready", "type": "string", "jsonPath": cond("status")},
-        {"name": "Reason", "type": "string", "jsonPath": cond("reason")},
+
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource of the group: its names, models, root rules and printer columns."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    description: str
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    root_validations: list[Any]
+    columns: list[dict[str, Any]]
+
+    @property
+    def file_name(self) -> str:
+        return f"{models.GROUP}_{self.plural}.yaml"
+
+
+CONNECTION = Kind(
+    kind=models.KIND,
+    plural=models.PLURAL,
+    singular=models.SINGULAR,
+    short_names=models.SHORT_NAMES,
+    description="OctopusDeployConnection registers an Octopus Deploy API key, kept in a Secret, as an "
+    "Infisical App Connection and keeps it verified and in sync.",
+    spec=models.OctopusDeployConnectionSpec,
+    status=models.OctopusDeployConnectionStatus,
+    root_validations=models.ROOT_VALIDATIONS,
+    columns=[
+        {"name": "Ready", "type": "string", "jsonPath": _ready("status")},
+        {"name": "Reason", "type": "string", "jsonPath": _ready("reason")},
         {"name": "Connection ID", "type": "string", "jsonPath": ".status.id"},
         {"name": "Instance", "type": "string", "jsonPath": ".spec.instanceUrl"},
         {"name": "Last Verified", "type": "date", "jsonPath": ".status.lastVerifiedTime"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Hash", "type": "string", "jsonPath": ".status.credentialsHash", "priority": 1},
-        {"name": "Message", "type": "string", "jsonPath": cond("message"), "priority": 1},
-    ]
+        {"name": "Message", "type": "string", "jsonPath": _ready("message"), "priority": 1},
+    ],
+)
+
+SECRET_SYNC = Kind(
+    kind=sync_models.KIND,
+    plural=sync_models.PLURAL,
+    singular=sync_models.SINGULAR,
+    short_names=sync_models.SHORT_NAMES,
+    description="OctopusDeploySecretSync declares an Infisical Secret Sync that writes the secrets of one Infisical "
+    "folder into an Octopus Deploy project's sensitive variables, through an OctopusDeployConnection.",
+    spec=sync_models.OctopusDeploySecretSyncSpec,
+    status=sync_models.OctopusDeploySecretSyncStatus,
+    root_validations=sync_models.ROOT_VALIDATIONS,
+    columns=[
+        {"name": "Ready", "type": "string", "jsonPath": _ready("status")},
+        {"name": "Reason", "type": "string", "jsonPath": _ready("reason")},
+        {"name": "Connection", "type": "string", "jsonPath": ".spec.connectionRef.name"},
+        {"name": "Project", "type": "string", "jsonPath": ".status.destination.projectId"},
+        {"name": "Sync Status", "type": "string", "jsonPath": ".status.syncStatus"},
+        {"name": "Last Synced", "type": "date", "jsonPath": ".status.lastSyncedAt"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Sync ID", "type": "string", "jsonPath": ".status.id", "priority": 1},
+        {"name": "Message", "type": "string", "jsonPath": _ready("message"), "priority": 1},
+    ],
+)
+
+KINDS = (CONNECTION, SECRET_SYNC)
 
 
-def build_crd() -> dict[str, Any]:
-    spec_schema = model_schema(models.OctopusDeployConnectionSpec)
-    status_schema = model_schema(models.OctopusDeployConnectionStatus)
+def build_crd(kind: Kind = CONNECTION) -> dict[str, Any]:
     root = {
         "type": "object",
-        "description": "OctopusDeployConnection registers an Octopus Deploy API key, kept in a Secret, as an "
-        "Infisical App Connection and keeps it verified and in sync.",
+        "description": kind.description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this representation of the object."},
-            "kind": {"type": "string", "description": "Kind of this object: OctopusDeployConnection."},
+            "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
+            "spec": model_schema(kind.spec),
+            "status": model_schema(kind.status),
         },
-        "x-kubernetes-validations": models.ROOT_VALIDATIONS,
+        "x-kubernetes-validations": kind.root_validations,
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
+        "metadata": {"name": f"{kind.plural}.{models.GROUP}"},
         "spec": {
             "group": models.GROUP,
             "names": {
-                "kind": models.KIND,
-                "listKind": f"{models.KIND}List",
-                "plural": models.PLURAL,
-                "singular": models.SINGULAR,
-                "shortNames": models.SHORT_NAMES,
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": kind.short_names,
                 "categories": models.CATEGORIES,
             },
             "scope": "Namespaced",
@@ -144,7 +208,7 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": _printer_columns(),
+                    "additionalPrinterColumns": kind.columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
@@ -152,13 +216,32 @@ def build_crd() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    header = "# Generated by `python -m octoconn.crd` from operator/octoconn/models.py. Do not edit by hand.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+def render(kind: Kind = CONNECTION) -> str:
+    module = kind.spec.__module__.rsplit(".", 1)[-1]
+    header = f"# Generated by `make crds` from operator/octoconn/{module}.py. Do not edit by hand.\n"
+    return header + yaml.safe_dump(build_crd(kind), sort_keys=False, width=120)
+
+
+def write_all(directory: Path) -> list[Path]:
+    """Write every CRD into ``directory`` (``make crds``); returns the files written."""
+    written = []
+    for kind in KINDS:
+        path = directory / kind.file_name
+        path.write_text(render(kind))
+        written.append(path)
+    return written
 
 
 def main() -> None:
-    sys.stdout.write(render())
+    """``python -m octoconn.crd [PLURAL]`` prints one CRD; ``--write DIR...`` writes all of them into each DIR."""
+    args = sys.argv[1:]
+    if args[:1] == ["--write"]:
+        for directory in args[1:]:
+            for path in write_all(Path(directory)):
+                sys.stdout.write(f"wrote {path}\n")
+        return
+    by_plural = {kind.plural: kind for kind in KINDS}
+    sys.stdout.write(render(by_plural[args[0]] if args else CONNECTION))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from typing import Any
 import kopf
 
 from octoconn import errors, metrics
+from octoconn.conditions import Event
 from octoconn.kube import KubeClient, load_api_client
 from octoconn.models import GROUP, PLURAL, VERSION
-from octoconn.reconcile import Event, Resource
+from octoconn.reconcile import Resource
 from octoconn.runtime import EventSink, Runtime
 from octoconn.settings import load_settings
 

@@ -19,14 +19,25 @@ One pass (``ConnectionReconciler.reconcile``):
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from octoconn import errors
+from octoconn import conditions, errors
+from octoconn.conditions import (
+    READY,
+    TRANSIENT,
+    ConditionStatus,
+    Event,
+    parse_time,
+    rfc3339,
+    set_condition,
+    summarize,
+    transition_events,
+    utcnow,
+)
 from octoconn.infisical import AppConnection
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
@@ -35,6 +46,7 @@ from octoconn.models import (
     DEFAULT_CLIENT_ID_KEY,
     DEFAULT_CLIENT_SECRET_KEY,
     Condition,
+    InfisicalSpec,
     OctopusDeployConnectionSpec,
     OctopusDeployConnectionStatus,
     OctopusIdentityStatus,
@@ -43,7 +55,6 @@ from octoconn.models import (
 )
 from octoconn.octopus import OctopusIdentity, normalize_instance_url
 
-READY = "Ready"
 CREDENTIALS_VERIFIED = "CredentialsVerified"
 SYNCED = "Synced"
 # CredentialsVerified=True with this reason: the key works but expires within the warning window. Ready stays True.
@@ -52,8 +63,6 @@ KEY_EXPIRING_SOON = "ApiKeyExpiringSoon"
 # A connection found by name after a crash mid-create is ours if Infisical created it after our marker;
 # the margin absorbs clock skew between the operator and Infisical.
 PENDING_CREATE_SKEW = timedelta(minutes=2)
-
-ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 # --- ports -------------------------------------------------------------------------------------------------------
@@ -147,39 +156,10 @@ class Resource:
         return self.annotations.get(ANNOTATION_RECONCILE_REQUESTED_AT)
 
 
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass
-class Outcome:
-    status: OctopusDeployConnectionStatus
-    events: list[Event] = field(default_factory=list)
-    error: errors.OctoconnError | None = None
+Outcome = conditions.Outcome[OctopusDeployConnectionStatus]
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------------
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 # JavaScript's String.prototype.trim, which Infisical's schemas apply: Unicode spaces and the byte-order mark.
 _JS_TRIM = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")
 
@@ -225,72 +205,16 @@ def key_digest(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def set_condition(
-    conditions: list[Condition] | None,
-    *,
-    type_: str,
-    status: ConditionStatus,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime,
-) -> list[Condition]:
-    """Upsert a condition; ``lastTransitionTime`` moves only when ``status`` flips (API conventions)."""
-    current = [c for c in conditions or [] if c.type != type_]
-    previous = next((c for c in conditions or [] if c.type == type_), None)
-    moved = previous is None or previous.status != status
-    current.append(
-        Condition(
-            type=type_,
-            status=status,
-            reason=reason,
-            message=message,
-            last_transition_time=rfc3339(now) if moved or previous is None else previous.last_transition_time,
-            observed_generation=generation,
-        )
-    )
-    order = {READY: 0, CREDENTIALS_VERIFIED: 1, SYNCED: 2}
-    return sorted(current, key=lambda c: (order.get(c.type, 9), c.type))
-
-
 def summarize_ready(conditions: list[Condition], *, generation: int, now: datetime) -> list[Condition]:
     """Ready is True only when the key is verified and Infisical holds it; otherwise it carries the first cause."""
-    by_type = {c.type: c for c in conditions}
-    verified, synced = by_type.get(CREDENTIALS_VERIFIED), by_type.get(SYNCED)
-    if verified and synced and verified.status == "True" and synced.status == "True":
-        return set_condition(
-            conditions,
-            type_=READY,
-            status="True",
-            reason="Available",
-            message="The API key is valid and registered in Infisical.",
-            generation=generation,
-            now=now,
-        )
-    cause = next((c for c in (verified, synced) if c is not None and c.status != "True"), None)
-    return set_condition(
+    return summarize(
         conditions,
-        type_=READY,
-        status="False" if cause is not None and cause.status == "False" else "Unknown",
-        reason=cause.reason if cause else "Reconciling",
-        message=cause.message if cause else "The first reconcile has not finished yet.",
+        (CREDENTIALS_VERIFIED, SYNCED),
+        ready_reason="Available",
+        ready_message="The API key is valid and registered in Infisical.",
         generation=generation,
         now=now,
     )
-
-
-def transition_events(before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus) -> list[Event]:
-    """An Event whenever Ready changes status or reason, so `kubectl describe` tells the story.
-
-    Ready carries the cause of the first failing condition, so one Event per change says it all; an Event per
-    condition would repeat the same message two or three times. Actions (Created, Updated, DriftRepaired...)
-    get their own Events from the reconciler.
-    """
-    old, new = before.condition(READY), after.condition(READY)
-    if new is None or (old is not None and (old.status, old.reason) == (new.status, new.reason)):
-        return []
-    kind: Literal["Normal", "Warning"] = "Normal" if new.status == "True" else "Warning"
-    return [Event(kind, new.reason, new.message)]
 
 
 def key_expiry_message(identity: OctopusIdentity, secret: str, *, now: datetime, window: timedelta) -> str | None:
@@ -346,32 +270,6 @@ def deletion_blocked(
     return status, transition_events(res.status, status)
 
 
-def jittered(seconds: float, fraction: float = 0.1) -> float:
-    return seconds * (1 + random.uniform(-fraction, fraction))  # noqa: S311 - jitter, not security
-
-
-def retry_delay(
-    error: errors.OctoconnError,
-    *,
-    attempt: int,
-    backoff_cap: float,
-    auth_retry: float,
-    wait_for_change: float,
-) -> float:
-    """Seconds to wait before the next try of a failed reconcile (``attempt`` counts from 1)."""
-    match error.retry:
-        case errors.Retry.RATE_LIMITED:
-            return max(error.retry_after or 1.0, 1.0) + random.uniform(0, 1)  # noqa: S311
-        case errors.Retry.SLOW:
-            return jittered(auth_retry)
-        case errors.Retry.WAIT_FOR_CHANGE:
-            # A spec or Secret change wakes the resource at once; this is only the safety net.
-            return jittered(wait_for_change)
-        case _:
-            ceiling = min(backoff_cap, 5.0 * 2 ** min(attempt - 1, 16))
-            return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - "equal jitter" backoff
-
-
 @dataclass(frozen=True)
 class PatchPlan:
     name: str | None = None
@@ -404,6 +302,27 @@ def plan_update(
         push_credentials=key_changed or drift or remote.instance_url != instance_url,
         drift_repaired=drift,
     )
+
+
+async def read_identity(secrets: SecretReader, namespace: str, spec: InfisicalSpec | None) -> dict[str, Any] | None:
+    """The per-resource Infisical identity (``host_url``, ``client_id``, ``client_secret``), or None for the
+    operator's own. Secret syncs use their connection's, so both resources pick their Infisical store the same way."""
+    if spec is None or spec.credentials_secret_ref is None:
+        return None
+    ref = spec.credentials_secret_ref
+    secret = await secrets.read_secret(namespace, ref.name)
+    if secret is None:
+        raise errors.InfisicalCredentialsMissing(
+            f"Secret {namespace}/{ref.name} named in spec.infisical.credentialsSecretRef was not found."
+        )
+    id_key = ref.client_id_key or DEFAULT_CLIENT_ID_KEY
+    secret_key = ref.client_secret_key or DEFAULT_CLIENT_SECRET_KEY
+    client_id, client_secret = js_trim(secret.data.get(id_key, "")), js_trim(secret.data.get(secret_key, ""))
+    if not client_id or not client_secret:
+        raise errors.InfisicalCredentialsMissing(
+            f'Secret {namespace}/{ref.name} needs non-empty "{id_key}" and "{secret_key}" keys.'
+        )
+    return {"host_url": spec.host_url, "client_id": client_id, "client_secret": client_secret}
 
 
 # --- the reconciler ----------------------------------------------------------------------------------------------
@@ -631,23 +550,10 @@ class ConnectionReconciler:
         return api_key, secret.resource_version, identity, url
 
     async def _store_for(self, res: Resource) -> ConnectionStore:
-        spec = res.spec.infisical
-        if spec is None or spec.credentials_secret_ref is None:
+        identity = await read_identity(self._secrets, res.namespace, res.spec.infisical)
+        if identity is None:
             return self._stores.default()
-        ref = spec.credentials_secret_ref
-        secret = await self._secrets.read_secret(res.namespace, ref.name)
-        if secret is None:
-            raise errors.InfisicalCredentialsMissing(
-                f"Secret {res.namespace}/{ref.name} named in spec.infisical.credentialsSecretRef was not found."
-            )
-        id_key = ref.client_id_key or DEFAULT_CLIENT_ID_KEY
-        secret_key = ref.client_secret_key or DEFAULT_CLIENT_SECRET_KEY
-        client_id, client_secret = js_trim(secret.data.get(id_key, "")), js_trim(secret.data.get(secret_key, ""))
-        if not client_id or not client_secret:
-            raise errors.InfisicalCredentialsMissing(
-                f'Secret {res.namespace}/{ref.name} needs non-empty "{id_key}" and "{secret_key}" keys.'
-            )
-        store = self._stores.for_identity(host_url=spec.host_url, client_id=client_id, client_secret=client_secret)
+        store = self._stores.for_identity(**identity)
         self._tenant_stores[res.uid] = store
         return store
 
@@ -833,7 +739,7 @@ class ConnectionReconciler:
         return Outcome(status=status, events=events, error=error)
 
 
-_TRANSIENT = (errors.Retry.BACKOFF, errors.Retry.RATE_LIMITED)
+_TRANSIENT = TRANSIENT
 _NOT_SENT_AGAIN = (
     "This request is not sent again until the resource or its Secret changes; after fixing the cause in Infisical, "
     "set the annotation octoconn.dev/reconcile-requested-at to a new value to retry now."

@@ -19,23 +19,13 @@ from datetime import timedelta
 from typing import Any
 
 from octoconn import errors, metrics
+from octoconn.conditions import Event, jittered, parse_time, retry_delay, utcnow
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
 from octoconn.models import OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
-from octoconn.reconcile import (
-    ConnectionReconciler,
-    ConnectionStore,
-    Event,
-    Outcome,
-    Resource,
-    deletion_blocked,
-    jittered,
-    parse_time,
-    retry_delay,
-    utcnow,
-)
+from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Outcome, Resource, deletion_blocked
 from octoconn.settings import Settings
 
 _MAX_TENANT_CLIENTS = 64

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from octoconn import errors
+from octoconn.conditions import READY, retry_delay, rfc3339, set_condition, transition_events
 from octoconn.infisical import AppConnection
 from octoconn.models import Condition, OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusIdentity
 from octoconn.reconcile import (
     CREDENTIALS_VERIFIED,
     KEY_EXPIRING_SOON,
-    READY,
     SYNCED,
     Resource,
     ignored_by_infisical,
@@ -23,12 +23,8 @@ from octoconn.reconcile import (
     key_expiry_events,
     key_expiry_message,
     plan_update,
-    retry_delay,
-    rfc3339,
-    set_condition,
     stored_description,
     summarize_ready,
-    transition_events,
 )
 from octoconn.runtime import StatusMemory
 
@@ -311,7 +307,9 @@ class _Kube:
     def __init__(self) -> None:
         self.stored: dict[str, Any] = {}
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str = ""
+    ) -> dict[str, Any] | None:
         return {"metadata": {"namespace": namespace, "name": name, "uid": "u1"}, "status": dict(status)}
 
 
