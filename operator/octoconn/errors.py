@@ -190,3 +190,44 @@ class InfisicalCredentialsMissing(InfisicalError):
 
     reason = "InfisicalCredentialsMissing"
     retry = Retry.WAIT_FOR_CHANGE
+
+
+# --- secret syncs --------------------------------------------------------------------------------------------------
+class ConnectionNotFound(OctoconnError):
+    """The OctopusDeployConnection named in spec.connectionRef does not exist (yet)."""
+
+    reason = "ConnectionNotFound"
+    retry = Retry.WAIT_FOR_CHANGE  # the connection's own events wake the sync
+
+
+class ConnectionNotReady(OctoconnError):
+    """The referenced connection exists but is not Ready: nothing can be verified or written through it."""
+
+    reason = "ConnectionNotReady"
+    retry = Retry.WAIT_FOR_CHANGE
+
+
+class DestinationNotFound(OctopusError):
+    """The Octopus space, project or a scope value named in the spec does not exist, or the key cannot see it."""
+
+    reason = "DestinationNotFound"
+    retry = Retry.SLOW  # it may be created in Octopus later, which no Kubernetes event announces
+
+
+class OctopusPermissionMissing(OctopusPermissionDenied):
+    """The connection's key lacks a permission the sync needs on the destination project."""
+
+    reason = "MissingPermission"
+
+
+class ConflictingSync(InvalidSpec):
+    """Another OctopusDeploySecretSync writes into the same Octopus project with names this one could produce."""
+
+    reason = "ConflictingSync"
+
+
+class SyncFailed(OctoconnError):
+    """Infisical gave up on the sync after its retries; the message is Octopus's (or Infisical's), made readable."""
+
+    reason = "SyncFailed"
+    retry = Retry.SLOW

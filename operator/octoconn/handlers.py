@@ -1,8 +1,9 @@
-"""Kopf wiring, and nothing else: every decision lives in ``octoconn.reconcile``.
+"""Kopf wiring, and nothing else: every decision lives in ``octoconn.reconcile`` and ``octoconn.sync``.
 
-- one daemon per OctopusDeployConnection runs the reconcile loop (create, resume, periodic check, retries);
-- spec/annotation changes and changes of a referenced Secret wake that loop at once;
-- a delete handler, behind our own finalizer, honours ``deletionPolicy``.
+- one daemon per OctopusDeployConnection and per OctopusDeploySecretSync runs the shared reconcile loop
+  (create, resume, periodic check, retries, following a running sync);
+- spec/annotation changes, changes of a referenced Secret, and changes of a sync's connection wake that loop at once;
+- a delete handler per kind, behind our own finalizer, honours ``deletionPolicy``.
 
 Secrets are watched with an *event* handler only: Kopf create/update handlers on Secrets would copy the Secret
 (API key included) into an annotation on the user's Secret.
@@ -15,13 +16,13 @@ from typing import Any
 
 import kopf
 
-from octoconn import errors, metrics
 from octoconn.conditions import Event
 from octoconn.kube import KubeClient, load_api_client
 from octoconn.models import GROUP, PLURAL, VERSION
-from octoconn.reconcile import Resource
-from octoconn.runtime import EventSink, Runtime
+from octoconn.runtime import EventSink, Lifecycle, R, Runtime
 from octoconn.settings import load_settings
+from octoconn.sync import PeerSync, destination_key
+from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
 FINALIZER = f"{GROUP}/finalizer"
 # Kopf ignores every annotation under the prefix of its own storage when it diffs objects, so the bookkeeping
@@ -29,6 +30,7 @@ FINALIZER = f"{GROUP}/finalizer"
 # must stay visible to the update handler.
 STORAGE_PREFIX = f"operator.{GROUP}"
 ODC = (GROUP, VERSION, PLURAL)
+ODSS = (GROUP, VERSION, SYNC_PLURAL)
 
 
 @kopf.on.startup()
@@ -63,7 +65,7 @@ async def reconcile_loop(
 ) -> None:
     runtime: Runtime = memo.runtime
     runtime.connection_owners = kwargs["by_connection"]  # the same live index for every resource
-    await runtime.loop(lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
+    await runtime.loop(runtime.connections, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
 
 
 @kopf.on.update(*ODC, id="wake-on-change")
@@ -100,18 +102,72 @@ def wake_on_secret(namespace: str | None, name: str, memo: Any, **kwargs: Any) -
 
 @kopf.on.delete(*ODC, id="finalize")
 async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
+    await _finalize(memo.runtime, memo.runtime.connections, body, retry)
+
+
+# --- OctopusDeploySecretSync ------------------------------------------------------------------------------------
+@kopf.daemon(*ODSS, id="reconcile", cancellation_timeout=10)
+async def sync_loop(
+    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
     runtime: Runtime = memo.runtime
-    res = Resource.from_body(runtime.statuses.view(body))
-    emit = _emitter(body)
-    try:
-        events = await runtime.reconciler.finalize(res)
-    except errors.OctoconnError as exc:
-        delay = await runtime.report_deletion_blocked(res, exc, emit, attempt=retry + 1)
-        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=delay) from None
-    runtime.statuses.forget(res.namespace, res.name)
-    metrics.forget_resource(res.namespace, res.name)
-    for event in events:
-        emit(event)
+    runtime.sync_peers = kwargs["sync_destinations"]  # the same live index for every sync
+    await runtime.loop(runtime.syncs, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
+
+
+@kopf.on.update(*ODSS, id="wake-on-change")
+def wake_sync_on_change(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    memo.runtime.kick(namespace or "", name, plural=SYNC_PLURAL)
+
+
+@kopf.index(*ODSS, id="syncs_by_connection")
+def syncs_by_connection(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str | None, str], str]:
+    ref = (spec.get("connectionRef") or {}).get("name")
+    return {(namespace, ref): name} if ref else {}
+
+
+@kopf.index(*ODSS, id="sync_destinations")
+def sync_destinations(
+    namespace: str | None, name: str, uid: str | None, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, PeerSync] | None:
+    dest = status.get("destination") or {}
+    if not (dest.get("instanceUrl") and dest.get("spaceId") and dest.get("projectId")):
+        return None
+    peer = PeerSync(
+        ref=f"{namespace}/{name}",
+        uid=uid or "",
+        created=str(meta.get("creationTimestamp") or ""),
+        key_schema=(spec.get("options") or {}).get("keySchema"),
+        environment=(spec.get("source") or {}).get("environment") or "",
+    )
+    return {destination_key(dest["instanceUrl"], dest["spaceId"], dest["projectId"]): peer}
+
+
+def _used_by_a_sync(type: str | None, namespace: str | None, name: str, **kwargs: Any) -> bool:
+    # As for Secrets: a connection no sync uses must not reach the handler (and Kopf's log) at all.
+    return type is not None and (namespace, name) in kwargs["syncs_by_connection"]
+
+
+@kopf.on.event(*ODC, id="wake-syncs", when=_used_by_a_sync)
+def wake_syncs(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    index: kopf.Index[tuple[str | None, str], str] = kwargs["syncs_by_connection"]
+    for sync in index.get((namespace, name), []):
+        memo.runtime.kick(namespace or "", sync, plural=SYNC_PLURAL)
+
+
+@kopf.on.delete(*ODSS, id="finalize")
+async def finalize_sync(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
+    await _finalize(memo.runtime, memo.runtime.syncs, body, retry)
+
+
+async def _finalize(runtime: Runtime, kind: Lifecycle[R], body: kopf.Body, retry: int) -> None:
+    res = kind.parse(runtime.statuses.view(body, plural=kind.plural))
+    blocked = await runtime.finalize(kind, res, _emitter(body), attempt=retry + 1)
+    if blocked is not None:
+        error, delay = blocked
+        raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=delay)
 
 
 def _emitter(body: kopf.Body) -> EventSink:

@@ -1,4 +1,4 @@
-"""Talks to Infisical: machine-identity login and the Octopus Deploy app-connection calls.
+"""Talks to Infisical: machine-identity login, the Octopus Deploy app-connection calls and the secret-sync calls.
 
 One client serves every resource the operator manages, so it owns the things that must be shared: the access
 token (one login for everybody, renewed before it expires), the write pacer (Infisical Cloud counts writes per
@@ -29,12 +29,15 @@ from octoconn.pacing import WritePacer, parse_retry_after
 log = logging.getLogger(__name__)
 
 _CONNECTIONS = "/api/v1/app-connections/octopus-deploy"
+_SYNCS = "/api/v1/secret-syncs/octopus-deploy"
 _DUPLICATE_NAME = re.compile(r'An App Connection with the name "(?P<name>.*)" already exists')
 # A lookup by name under our app's path finds another app's connection: names are unique across all apps.
 _OTHER_APP = re.compile(r'App Connection with name (?P<name>.*) is not for App "(?P<app>[^"]*)"')
 # Infisical (Fastify) itself answering that it has no route for exactly our path: the app connection is missing.
 # A wrong base path shows up in the message as a different path and is reported as a URL problem instead.
 _NO_OCTOPUS_ROUTES = re.compile(rf"^Route [A-Z]+:{re.escape(_CONNECTIONS)}(/\S*)? not found")
+_DUPLICATE_SYNC_NAME = re.compile(r'A Secret Sync with the name "(?P<name>.*)" already exists')
+_SYNC_BUSY = re.compile(r"already in progress", re.IGNORECASE)
 _TRY_AGAIN_IN = re.compile(r"try again in (?P<seconds>\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
 _DEFAULT_RATE_LIMIT_WAIT = 60.0  # Infisical's limits are per minute: without a hint, wait out one window
 # Infisical's own Kubernetes operator re-logs in after 70% of expiresIn; the margin covers clock skew and slow calls.
@@ -89,6 +92,59 @@ class AppConnection:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not an app connection object ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class SecretSync:
+    """An Octopus Deploy secret sync as Infisical returned it."""
+
+    id: str
+    name: str
+    description: str | None
+    project_id: str
+    connection_id: str
+    is_auto_sync_enabled: bool
+    environment: str | None  # slug; None once the source folder is gone
+    secret_path: str | None
+    sync_options: dict[str, Any]
+    destination_config: dict[str, Any]
+    sync_status: str | None
+    last_sync_message: str | None
+    last_synced_at: str | None
+    remove_status: str | None
+    last_remove_message: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> SecretSync:
+        """Build from Infisical's ``secretSync`` object; raises ValueError when a required field is missing."""
+        try:
+            environment = data.get("environment")
+            folder = data.get("folder")
+            options = data.get("syncOptions")
+            destination = data.get("destinationConfig")
+            return cls(
+                id=_required_str(data, "id"),
+                name=_required_str(data, "name"),
+                description=_optional_str(data.get("description")),
+                project_id=_required_str(data, "projectId"),
+                connection_id=_required_str(data, "connectionId"),
+                is_auto_sync_enabled=data.get("isAutoSyncEnabled") is not False,
+                environment=_optional_str(environment.get("slug")) if isinstance(environment, dict) else None,
+                secret_path=_optional_str(folder.get("path")) if isinstance(folder, dict) else None,
+                sync_options=dict(options) if isinstance(options, dict) else {},
+                destination_config=dict(destination) if isinstance(destination, dict) else {},
+                sync_status=_optional_str(data.get("syncStatus")),
+                last_sync_message=_optional_str(data.get("lastSyncMessage")),
+                last_synced_at=_optional_str(data.get("lastSyncedAt")),
+                remove_status=_optional_str(data.get("removeStatus")),
+                last_remove_message=_optional_str(data.get("lastRemoveMessage")),
+                created_at=str(data.get("createdAt") or ""),
+                updated_at=str(data.get("updatedAt") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a secret sync object ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -241,6 +297,76 @@ class InfisicalClient:
             "DELETE", f"{_CONNECTIONS}/{_segment(connection_id)}", what="delete the app connection", missing_ok=True
         )
         return response.status_code != 404
+
+    # --- secret syncs -----------------------------------------------------------------------------------------------
+    async def get_sync(self, sync_id: str) -> SecretSync | None:
+        """The sync, or None when Infisical has no sync with this id."""
+        what = "read the secret sync"
+        response = await self._call("GET", f"{_SYNCS}/{_segment(sync_id)}", what=what, missing_ok=True)
+        return None if response.status_code == 404 else self._sync(response, what=what)
+
+    async def get_sync_by_name(self, name: str, *, project_id: str) -> SecretSync | None:
+        """The sync named ``name`` in the Infisical project, or None."""
+        what = f'look up the secret sync "{name}"'
+        response = await self._call(
+            "GET",
+            f"{_SYNCS}/sync-name/{_segment(name)}",
+            params={"projectId": project_id},
+            what=what,
+            missing_ok=True,
+        )
+        return None if response.status_code == 404 else self._sync(response, what=what)
+
+    async def create_sync(self, body: dict[str, Any]) -> SecretSync:
+        """Create a sync (Infisical answers at once, before any call to Octopus). ``body`` is the whole create body."""
+        what = f'create the secret sync "{body.get("name")}"'
+        return self._sync(await self._call("POST", _SYNCS, json=body, what=what), what=what)
+
+    async def update_sync(self, sync_id: str, body: dict[str, Any]) -> SecretSync:
+        """PATCH a sync. Every PATCH makes Infisical run a full sync, so send one only when something changed."""
+        what = "update the secret sync"
+        response = await self._call("PATCH", f"{_SYNCS}/{_segment(sync_id)}", json=body, what=what)
+        return self._sync(response, what=what)
+
+    async def trigger_sync(self, sync_id: str) -> SecretSync | None:
+        """Ask for a sync now; None when one is already running (Infisical refuses a second one meanwhile)."""
+        what = "start a sync of the secret sync"
+        try:
+            response = await self._call("POST", f"{_SYNCS}/{_segment(sync_id)}/sync-secrets", what=what)
+        except errors.InfisicalRejected as exc:
+            if _SYNC_BUSY.search(exc.message):
+                return None
+            raise
+        return self._sync(response, what=what)
+
+    async def delete_sync(self, sync_id: str, *, remove_secrets: bool) -> SecretSync | None:
+        """Delete the sync; None when it was already gone.
+
+        With ``remove_secrets`` Infisical first removes the sync's variables from Octopus in the background and
+        answers with the sync still there: it disappears only once the removal succeeded (``removeStatus``).
+        """
+        what = "delete the secret sync" + (" and remove its secrets" if remove_secrets else "")
+        response = await self._call(
+            "DELETE",
+            f"{_SYNCS}/{_segment(sync_id)}",
+            params={"removeSecrets": "true" if remove_secrets else "false"},
+            what=what,
+            missing_ok=True,
+        )
+        return None if response.status_code == 404 else self._sync(response, what=what)
+
+    def _sync(self, response: httpx.Response, *, what: str) -> SecretSync:
+        body = json_object(response)
+        data = body.get("secretSync") if body is not None else None
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("no secretSync object")
+            return SecretSync.from_api(data)
+        except ValueError as exc:
+            raise errors.InfisicalUnavailable(
+                f"Infisical at {self.base_url} answered the request to {what} with HTTP {response.status_code} but "
+                f"not with a secret sync ({exc}){_ref(response)}: check that the Infisical URL points at the API"
+            ) from None
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
     async def _call(
@@ -442,6 +568,13 @@ class InfisicalClient:
         message = scrub(_message(response), secrets)
         ref = _ref(response)
         if status in (400, 422):
+            duplicate_sync = _DUPLICATE_SYNC_NAME.search(message)
+            if status == 400 and duplicate_sync:
+                return errors.NameConflict(
+                    f'Infisical already has a secret sync named "{duplicate_sync["name"]}" in this project{ref} that '
+                    "this resource did not create: set spec.syncName to another name, or delete that sync",
+                    status_code=status,
+                )
             duplicate = _DUPLICATE_NAME.search(message)
             if status == 400 and duplicate:
                 return errors.NameConflict(
@@ -467,9 +600,14 @@ class InfisicalClient:
                 status_code=status,
             )
         if status == 403:
+            managed = (
+                "Secret Syncs in the project"
+                if "secret sync" in what
+                else "App Connections in this organization or project"
+            )
             return errors.InfisicalAuthFailed(
                 f"The Infisical machine identity is not allowed to {what}: {message}{ref}. Give it a role with "
-                "permission to manage App Connections in this organization or project",
+                f"permission to manage {managed}",
                 status_code=status,
             )
         if status == 404:
@@ -536,6 +674,13 @@ def _operation(method: str, path: str) -> str:
     """The metrics label for a request: what it does, never the id or name in its path."""
     if "/auth/" in path:
         return "login"
+    if path.startswith(_SYNCS):
+        # Secret syncs get operations of their own, so the connection series keep their meaning.
+        if path.endswith("/sync-secrets"):
+            return "sync_trigger"
+        if method == "GET":
+            return "sync_get_by_name" if "/sync-name/" in path else "sync_get"
+        return {"POST": "sync_create", "PATCH": "sync_update", "DELETE": "sync_delete"}.get(method, method.lower())
     if method == "GET":
         return "get_by_name" if "/connection-name/" in path else "get"
     return {"POST": "create", "PATCH": "update", "DELETE": "delete"}.get(method, method.lower())

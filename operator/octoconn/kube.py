@@ -41,7 +41,7 @@ def _describe(exc: ApiException) -> str:
 
 
 class KubeClient:
-    """Implements the ``SecretReader`` and ``StatusWriter`` ports of ``octoconn.reconcile``."""
+    """The ``SecretReader``, ``StatusWriter`` and ``ConnectionReader`` ports of ``reconcile`` and ``sync``."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
@@ -63,7 +63,21 @@ class KubeClient:
             undecodable=undecodable,
         )
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def read_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """An OctopusDeployConnection as the API server has it now (the ``ConnectionReader`` port of ``sync``)."""
+        try:
+            body = await asyncio.to_thread(
+                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"reading OctopusDeployConnection {namespace}/{name} failed: {_describe(exc)}") from None
+        return dict(body) if isinstance(body, dict) else None
+
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str = PLURAL
+    ) -> dict[str, Any] | None:
         """Merge-patch the status; return the object as stored afterwards (None when it is gone)."""
         try:
             stored = await asyncio.to_thread(
@@ -71,7 +85,7 @@ class KubeClient:
                 GROUP,
                 VERSION,
                 namespace,
-                PLURAL,
+                plural,
                 name,
                 {"status": dict(status)},
                 field_manager="octoconn",

@@ -1,4 +1,4 @@
-"""Talks to Octopus Deploy: proves that an API key works and says who it belongs to.
+"""Talks to Octopus Deploy: proves that an API key works, says who it belongs to, and inspects a sync's destination.
 
 The operator must tell users precisely why a key fails — wrong key, missing permission, wrong URL, untrusted
 certificate, server down — because each one needs a different fix and a different retry pace. So this module turns
@@ -15,6 +15,7 @@ import os
 import re
 import ssl
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +110,44 @@ class OctopusIdentity:
     key_expires_at: datetime | None
 
 
+@dataclass(frozen=True)
+class Named:
+    """An Octopus object as the operator needs it: its id and its display name."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class PermissionGrant:
+    """One ``UserPermissionRestriction`` of a permission: where it applies (an empty set = not restricted)."""
+
+    space_id: str | None
+    project_ids: frozenset[str]
+    environment_ids: frozenset[str]
+    project_group_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class OctopusDestination:
+    """What a secret sync's destination looks like to the connection's key."""
+
+    user: Named
+    space: Named
+    project: Named
+    project_group_id: str | None
+    # ScopeValues of the project's variable set: "Environments", "Roles", "Machines", "Channels", "Processes",
+    # "Actions" -> the values Octopus offers there.
+    scope_values: Mapping[str, tuple[Named, ...]]
+    # Permission name -> where the key's user holds it.
+    permissions: Mapping[str, tuple[PermissionGrant, ...]]
+
+
+_SPACE_ID = re.compile(r"^Spaces-\d+$")
+_PROJECT_ID = re.compile(r"^Projects-\d+$")
+_MISSING_PERMISSION = re.compile(r"Missing permission: (?P<name>\w+)")
+
+
 class OctopusClient:
     """Verifies Octopus API keys against any number of Octopus servers over one long-lived connection pool.
 
@@ -187,6 +226,112 @@ class OctopusClient:
                 "the user or service account is active and allowed to use the API"
             )
         raise self._unexpected(base, root, f"answered /api/users/me with HTTP {status}{detail}")
+
+    async def inspect_destination(
+        self, instance_url: str, api_key: str, *, space: str, project: str
+    ) -> OctopusDestination:
+        """Resolve a space and a project (each by id, name or slug) and read what a sync into them needs.
+
+        Five GETs, never a write: the key's user, the spaces, the project, the project's variable set (its
+        ``ScopeValues`` turn scope names into ids, and reading it proves ``VariableView``) and the user's permissions
+        (``VariableEdit`` cannot be probed without writing). The caller has already verified the key and the URL
+        through the connection. Raises ``DestinationNotFound``, ``OctopusPermissionMissing`` or another Octopus error.
+        """
+        base = normalize_instance_url(instance_url)
+        key = api_key.strip()
+        me = await self._get_json(base, "/api/users/me", key=key, what="read the key's user")
+        if not isinstance(me, dict) or not isinstance(me.get("Id"), str):
+            raise errors.OctopusUnexpectedResponse(f"Octopus at {base} answered /api/users/me without a user")
+        user = Named(id=me["Id"], name=str(me.get("Username") or me["Id"]))
+
+        found_space = await self._resolve_space(base, key, space)
+        found_project, group_id = await self._resolve_project(base, key, found_space, project)
+        where = f"project {found_project.name} ({found_project.id}) in space {found_space.name} ({found_space.id})"
+        variables = await self._get_json(
+            base,
+            f"/api/{quote(found_space.id, safe='')}/projects/{quote(found_project.id, safe='')}/variables",
+            key=key,
+            what=f"read the variables of {where}",
+        )
+        scope_values = _scope_values(variables.get("ScopeValues") if isinstance(variables, dict) else None)
+        permissions = await self._get_json(
+            base, f"/api/users/{quote(user.id, safe='')}/permissions", key=key, what="read the key's permissions"
+        )
+        return OctopusDestination(
+            user=user,
+            space=found_space,
+            project=found_project,
+            project_group_id=group_id,
+            scope_values=scope_values,
+            permissions=_permissions(permissions.get("SpacePermissions") if isinstance(permissions, dict) else None),
+        )
+
+    async def _resolve_space(self, base: str, key: str, ref: str) -> Named:
+        spaces = await self._get_json(base, "/api/spaces/all", key=key, what="list the spaces")
+        items = [s for s in spaces if isinstance(s, dict)] if isinstance(spaces, list) else []
+        match = _match(items, ref, by_id=bool(_SPACE_ID.match(ref)))
+        if match is None:
+            raise errors.DestinationNotFound(
+                f'Octopus at {base} has no space "{ref}" that this key can see ({_listing(items, "spaces")}). '
+                "Set spec.destination.space to a space id (Spaces-1) or name"
+            )
+        return match
+
+    async def _resolve_project(self, base: str, key: str, space: Named, ref: str) -> tuple[Named, str | None]:
+        prefix = f"/api/{quote(space.id, safe='')}/projects"
+        missing = f'Octopus space {space.name} ({space.id}) has no project "{ref}" that this key can see'
+        if _PROJECT_ID.match(ref):
+            try:
+                doc = await self._get_json(base, f"{prefix}/{quote(ref, safe='')}", key=key, what=f"read {ref}")
+            except errors.DestinationNotFound:
+                raise errors.DestinationNotFound(
+                    f"{missing}. Set spec.destination.project to a project id (Projects-1), name or slug"
+                ) from None
+            items = [doc] if isinstance(doc, dict) else []
+        else:
+            listed = await self._get_json(base, f"{prefix}/all", key=key, what=f"list the projects of {space.id}")
+            items = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
+        match = _match(items, ref, by_id=bool(_PROJECT_ID.match(ref)))
+        if match is None:
+            raise errors.DestinationNotFound(
+                f"{missing} ({_listing(items, 'projects')}). Set spec.destination.project to a project id "
+                "(Projects-1), name or slug"
+            )
+        doc = next(p for p in items if p.get("Id") == match.id)
+        group = doc.get("ProjectGroupId")
+        return match, group if isinstance(group, str) and group else None
+
+    async def _get_json(self, base: str, path: str, *, key: str, what: str) -> Any:
+        """One authenticated GET whose 2xx body is JSON; every other answer becomes a typed error saying ``what``."""
+        response = await self._send(base, path, key=key)
+        status = response.status_code
+        if status == 200:
+            try:
+                return response.json()
+            except ValueError:
+                raise errors.OctopusUnexpectedResponse(
+                    f"Octopus at {base} answered the request to {what} with a body that is not JSON"
+                ) from None
+        self._raise_for_status(base, response, what=what)
+        detail = _octopus_message(response)
+        if status == 401:
+            raise errors.InvalidApiKey(
+                f"Octopus at {base} refused the connection's API key (HTTP 401{detail}) when trying to {what}"
+            )
+        if status == 403:
+            body = json_object(response)
+            text = str(body.get("ErrorMessage") or "") if body is not None else ""
+            found = _MISSING_PERMISSION.search(text)
+            permission = found["name"] if found else "a permission"
+            raise errors.OctopusPermissionMissing(
+                f"The connection's API key lacks the Octopus permission {permission}, needed to {what} (HTTP 403). "
+                f"Grant {permission} to a team of the key's user in Octopus"
+            )
+        if status == 404:
+            raise errors.DestinationNotFound(f"Octopus at {base} found nothing when trying to {what} (HTTP 404)")
+        raise errors.OctopusUnexpectedResponse(
+            f"Octopus at {base} answered HTTP {status} when trying to {what}{detail}"
+        )
 
     async def _octopus_root(self, base: str) -> dict[str, Any]:
         """The anonymous ``/api`` root document, or the error that says why ``base`` is not a usable Octopus."""
@@ -384,11 +529,83 @@ def _octopus_message(response: httpx.Response) -> str:
     return f": {message}"
 
 
+def _match(items: list[dict[str, Any]], ref: str, *, by_id: bool) -> Named | None:
+    """The item whose Id (for an id-shaped ``ref``), else Name (any case) or Slug, is ``ref``."""
+    wanted = ref.strip()
+    for item in items:
+        item_id, name, slug = item.get("Id"), item.get("Name"), item.get("Slug")
+        if not isinstance(item_id, str):
+            continue
+        hit = (
+            item_id == wanted
+            if by_id
+            else (isinstance(name, str) and name.casefold() == wanted.casefold()) or slug == wanted
+        )
+        if hit:
+            return Named(id=item_id, name=name if isinstance(name, str) and name else item_id)
+    return None
+
+
+def _listing(items: list[dict[str, Any]], what: str, limit: int = 10) -> str:
+    names = [f"{i.get('Name')} ({i.get('Id')})" for i in items[:limit]]
+    if not names:
+        return f"it sees no {what}"
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{what} it sees: {', '.join(names)}{more}"
+
+
+def _scope_values(raw: object) -> dict[str, tuple[Named, ...]]:
+    out: dict[str, tuple[Named, ...]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for kind, values in raw.items():
+        if not isinstance(values, list):
+            continue
+        out[str(kind)] = tuple(
+            Named(id=v["Id"], name=str(v.get("Name") or v["Id"]))
+            for v in values
+            if isinstance(v, dict) and isinstance(v.get("Id"), str)
+        )
+    return out
+
+
+def _permissions(raw: object) -> dict[str, tuple[PermissionGrant, ...]]:
+    out: dict[str, tuple[PermissionGrant, ...]] = {}
+    if not isinstance(raw, dict):
+        return out
+
+    def ids(entry: dict[str, Any], field: str) -> frozenset[str]:
+        values = entry.get(field)
+        return frozenset(v for v in values if isinstance(v, str)) if isinstance(values, list) else frozenset()
+
+    for name, entries in raw.items():
+        if not isinstance(entries, list):
+            continue
+        out[str(name)] = tuple(
+            PermissionGrant(
+                space_id=e.get("SpaceId") if isinstance(e.get("SpaceId"), str) else None,
+                project_ids=ids(e, "RestrictedToProjectIds"),
+                environment_ids=ids(e, "RestrictedToEnvironmentIds"),
+                project_group_ids=ids(e, "RestrictedToProjectGroupIds"),
+            )
+            for e in entries
+            if isinstance(e, dict)
+        )
+    return out
+
+
 def _operation(path: str) -> str:
-    """The metrics label for a request path; never the path itself, which carries a user id."""
+    """The metrics label for a request path; never the path itself, which carries ids."""
     if path == "/api":
         return "root"
-    return "users_me" if path == "/api/users/me" else "api_keys"
+    if path == "/api/users/me":
+        return "users_me"
+    for suffix, label in (("/apikeys", "api_keys"), ("/permissions", "permissions"), ("/variables", "variables")):
+        if path.endswith(suffix):
+            return label
+    if path == "/api/spaces/all":
+        return "spaces"
+    return "projects" if "/projects" in path else "other"
 
 
 def _is_octopus_root(root: dict[str, Any]) -> bool:

@@ -1,8 +1,10 @@
 """Long-lived parts of a running operator, built once at start-up and shared by every resource.
 
 One Octopus client, one Infisical client for the operator's identity (so one cached token and one write pace
-for all resources), a small pool of clients for per-resource identities, the Kubernetes client, and the
-reconciler. ``handlers`` keeps a ``Runtime`` in Kopf's memo; this module knows nothing about Kopf.
+for all resources), a small pool of clients for per-resource identities, the Kubernetes client, and one
+reconciler per kind. One reconcile loop serves both kinds: a ``Lifecycle`` says how to read, reconcile and
+finalize a resource of its kind. ``handlers`` keeps a ``Runtime`` in Kopf's memo; this module knows nothing about
+Kopf.
 """
 
 from __future__ import annotations
@@ -15,23 +17,169 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
 
-from octoconn import errors, metrics
-from octoconn.conditions import Event, jittered, parse_time, retry_delay, utcnow
+from octoconn import errors, metrics, sync
+from octoconn.conditions import Event, HasConditions, Outcome, jittered, parse_time, retry_delay, utcnow
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
-from octoconn.models import OctopusDeployConnectionStatus
+from octoconn.models import PLURAL, OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
-from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Outcome, Resource, deletion_blocked
+from octoconn.reconcile import ConnectionReconciler, Resource, deletion_blocked
 from octoconn.settings import Settings
+from octoconn.sync import PeerSync, SyncReconciler, SyncResource
+from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
 _MAX_TENANT_CLIENTS = 64
 _MAX_DELETE_RETRY_SECONDS = 30.0
 
 EventSink = Callable[[Event], None]
+Log = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class Status(HasConditions, Protocol):
+    def to_patch(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R")
+
+
+class Lifecycle(Protocol, Generic[R]):
+    """What the shared loop needs to know about one kind of resource."""
+
+    plural: str
+
+    def parse(self, body: Mapping[str, Any]) -> R: ...
+
+    def key(self, res: R) -> tuple[str, str]: ...
+
+    async def reconcile(self, res: R) -> Outcome[Any]: ...
+
+    async def settled(self, res: R) -> bool: ...
+
+    async def finalize(self, res: R) -> list[Event]: ...
+
+    def deletion_blocked(self, res: R, error: errors.OctoconnError, now: datetime) -> tuple[Status, list[Event]]: ...
+
+    # Metrics (docs/monitoring.md): what a pass, a status and a blocked deletion tell; forget when it is gone.
+    def observe(self, res: R, outcome: Outcome[Any] | None, seconds: float) -> None: ...
+
+    def observe_status(self, res: R) -> None: ...
+
+    def observe_blocked(self, res: R) -> None: ...
+
+    def forget_metrics(self, res: R) -> None: ...
+
+
+@dataclass
+class ConnectionLifecycle:
+    reconciler: ConnectionReconciler
+    kube: KubeClient
+    plural: str = PLURAL
+
+    def parse(self, body: Mapping[str, Any]) -> Resource:
+        return Resource.from_body(body)
+
+    def key(self, res: Resource) -> tuple[str, str]:
+        return res.namespace, res.name
+
+    async def reconcile(self, res: Resource) -> Outcome[Any]:
+        return await self.reconciler.reconcile(res)
+
+    async def finalize(self, res: Resource) -> list[Event]:
+        return await self.reconciler.finalize(res)
+
+    def deletion_blocked(self, res: Resource, error: errors.OctoconnError, now: datetime) -> tuple[Status, list[Event]]:
+        return deletion_blocked(res, error, now)
+
+    def observe(self, res: Resource, outcome: Outcome[Any] | None, seconds: float) -> None:
+        if outcome is None:
+            metrics.observe_reconcile("exception", "Unexpected", seconds)
+            return
+        ready = outcome.status.condition("Ready")
+        if res.paused:
+            result, reason = "paused", ready.reason if ready else "ReconcilePaused"
+        elif outcome.error is not None:
+            result, reason = "error", outcome.error.reason
+        else:
+            result, reason = "success", ready.reason if ready else "Available"
+        metrics.observe_reconcile(result, reason, seconds)
+        _observe_status(res, outcome.status)
+
+    def observe_status(self, res: Resource) -> None:
+        _observe_status(res, res.status)
+
+    def observe_blocked(self, res: Resource) -> None:
+        metrics.observe_resource(
+            res.namespace, res.name, ready="False", reason="DeletionBlocked", paused=res.paused, key_expires_at=None
+        )
+
+    def forget_metrics(self, res: Resource) -> None:
+        metrics.forget_resource(res.namespace, res.name)
+
+    async def settled(self, res: Resource) -> bool:
+        """Ready, reconciled at this generation, and its Secret unchanged since: nothing to do right now."""
+        status = res.status
+        ready = status.condition("Ready")
+        if res.paused or ready is None or ready.status != "True" or status.observed_generation != res.generation:
+            return False
+        if not status.id or not status.secret_resource_version:
+            return False
+        try:
+            secret = await self.kube.read_secret(res.namespace, res.spec.api_key_secret_ref.name)
+        except KubeError:
+            return False
+        return secret is not None and secret.resource_version == status.secret_resource_version
+
+
+@dataclass
+class SyncLifecycle:
+    reconciler: SyncReconciler
+    plural: str = SYNC_PLURAL
+
+    def parse(self, body: Mapping[str, Any]) -> SyncResource:
+        return SyncResource.from_body(body)
+
+    def key(self, res: SyncResource) -> tuple[str, str]:
+        return res.namespace, res.name
+
+    async def reconcile(self, res: SyncResource) -> Outcome[Any]:
+        return await self.reconciler.reconcile(res)
+
+    async def finalize(self, res: SyncResource) -> list[Event]:
+        return await self.reconciler.finalize(res)
+
+    def deletion_blocked(
+        self, res: SyncResource, error: errors.OctoconnError, now: datetime
+    ) -> tuple[Status, list[Event]]:
+        return sync.deletion_blocked(res, error, now)
+
+    # The metrics describe connections (their series carry a key expiry); syncs are not counted in them yet.
+    def observe(self, res: SyncResource, outcome: Outcome[Any] | None, seconds: float) -> None:
+        return None
+
+    def observe_status(self, res: SyncResource) -> None:
+        return None
+
+    def observe_blocked(self, res: SyncResource) -> None:
+        return None
+
+    def forget_metrics(self, res: SyncResource) -> None:
+        return None
+
+    async def settled(self, res: SyncResource) -> bool:
+        """Synced at this generation with no sync request pending: the periodic check will do."""
+        ready = res.status.condition("Ready")
+        return (
+            not res.paused
+            and ready is not None
+            and ready.status == "True"
+            and res.status.observed_generation == res.generation
+            and bool(res.status.id)
+            and res.sync_request == res.status.handled_sync_request
+        )
 
 
 class StorePool:
@@ -47,10 +195,10 @@ class StorePool:
         self._tenants: OrderedDict[tuple[str, str, str], InfisicalClient] = OrderedDict()
         self._retired: list[InfisicalClient] = []
 
-    def default(self) -> ConnectionStore:
+    def default(self) -> InfisicalClient:
         return self._default
 
-    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> ConnectionStore:
+    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> InfisicalClient:
         host = (host_url or self._settings.infisical_url).rstrip("/")
         # The secret is part of the key so a rotated client secret gets a fresh login; only a digest is kept.
         key = (host, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
@@ -82,29 +230,32 @@ class StatusMemory:
 
     Kopf refreshes a daemon's ``body`` from the watch stream, which can lag behind our own writes: a pass that
     starts right after a status write may read a body from before it, and would act on that old view (adopt its own
-    connection "created by an earlier try" and send the credentials again, or call its own connection a
+    connection "created by an earlier try" and send the credentials again, or call its own connection or sync a
     NameConflict). Only this operator writes status, so the status it last wrote is the truth until the watch has
-    caught up with it; ``view`` puts it into whatever body is read meanwhile.
+    caught up with it; ``view`` puts it into whatever body is read meanwhile. Keyed by kind too: a connection and
+    a secret sync may share a name.
     """
 
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
-        # (namespace, name) -> (uid, status as the API server stored it after our last write)
-        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        # (plural, namespace, name) -> (uid, status as the API server stored it after our last write)
+        self._written: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
-        stored = await self._kube.patch_status(namespace, name, status)
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str = PLURAL
+    ) -> dict[str, Any] | None:
+        stored = await self._kube.patch_status(namespace, name, status, plural=plural)
         if stored is None:
-            self._written.pop((namespace, name), None)
+            self._written.pop((plural, namespace, name), None)
             return None
         uid = str((stored.get("metadata") or {}).get("uid") or "")
-        self._written[(namespace, name)] = (uid, dict(stored.get("status") or {}))
+        self._written[(plural, namespace, name)] = (uid, dict(stored.get("status") or {}))
         return stored
 
-    def view(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def view(self, body: Mapping[str, Any], *, plural: str = PLURAL) -> dict[str, Any]:
         """``body`` with our last written status when the watch has not delivered that write yet."""
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = (plural, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         written = self._written.get(key)
         if written is None:
             return dict(body)
@@ -115,8 +266,8 @@ class StatusMemory:
             return dict(body)
         return {**body, "status": status}
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._written.pop((namespace, name), None)
+    def forget(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
+        self._written.pop((plural, namespace, name), None)
 
 
 @dataclass
@@ -126,10 +277,13 @@ class Runtime:
     octopus: OctopusClient
     stores: StorePool
     reconciler: ConnectionReconciler
+    sync_reconciler: SyncReconciler
     statuses: StatusMemory
-    kicks: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    kicks: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
     # connection id -> "namespace/name" of the resources recording it; Kopf's live index, set by the handlers.
     connection_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    # destination key -> the secret syncs whose status records it; Kopf's live index, set by the handlers.
+    sync_peers: Mapping[str, Iterable[PeerSync]] = field(default_factory=dict)
     # Bounds how many resources reconcile at once (OCTOCONN_MAX_WORKERS); created lazily inside the event loop.
     _slots: asyncio.Semaphore | None = None
     _metrics_server: Any = None  # aiohttp's AppRunner, while /metrics is served
@@ -163,8 +317,22 @@ class Runtime:
             owners_of=lambda connection_id: runtime.connection_owners.get(connection_id, ()),
             key_expiry_warning=timedelta(days=settings.key_expiry_warning_days),
         )
+        sync_reconciler = SyncReconciler(
+            connections=kube,
+            secrets=kube,
+            octopus=octopus,
+            stores=stores,
+            status_writer=statuses,
+            peers_at=lambda key: runtime.sync_peers.get(key, ()),
+        )
         runtime = cls(
-            settings=settings, kube=kube, octopus=octopus, stores=stores, reconciler=reconciler, statuses=statuses
+            settings=settings,
+            kube=kube,
+            octopus=octopus,
+            stores=stores,
+            reconciler=reconciler,
+            sync_reconciler=sync_reconciler,
+            statuses=statuses,
         )
         return runtime
 
@@ -173,37 +341,59 @@ class Runtime:
         if s.metrics_port:
             self._metrics_server = await metrics.serve(s.metrics_bind_address, s.metrics_port, s.metrics_path)
 
-    def kick(self, namespace: str, name: str) -> None:
-        """Wake the resource's loop now (spec, annotation or Secret change)."""
-        self.kicks.setdefault((namespace, name), asyncio.Event()).set()
+    @property
+    def connections(self) -> ConnectionLifecycle:
+        return ConnectionLifecycle(self.reconciler, self.kube)
 
-    async def run_once(self, res: Resource, emit: EventSink) -> Outcome:
+    @property
+    def syncs(self) -> SyncLifecycle:
+        return SyncLifecycle(self.sync_reconciler)
+
+    def kick(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
+        """Wake the resource's loop now (spec, annotation, Secret or connection change)."""
+        self.kicks.setdefault((plural, namespace, name), asyncio.Event()).set()
+
+    async def run_once(self, kind: Lifecycle[R], res: R, emit: EventSink) -> Outcome[Any]:
         """One reconcile pass: decide, write status, emit Events. Never raises for domain errors."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.max_workers)
+        namespace, name = kind.key(res)
         async with self._slots:
             metrics.started_reconciling()
             started = time.monotonic()
             try:
-                outcome = await self.reconciler.reconcile(res)
-                await self.statuses.patch_status(res.namespace, res.name, outcome.status.to_patch())
+                outcome = await kind.reconcile(res)
+                await self.statuses.patch_status(namespace, name, outcome.status.to_patch(), plural=kind.plural)
             except Exception:
-                metrics.observe_reconcile("exception", "Unexpected", time.monotonic() - started)
+                kind.observe(res, None, time.monotonic() - started)
                 raise
-            _observe(res, outcome, time.monotonic() - started)
+            kind.observe(res, outcome, time.monotonic() - started)
         for event in outcome.events:
             emit(event)
         return outcome
 
+    async def finalize(
+        self, kind: Lifecycle[R], res: R, emit: EventSink, *, attempt: int
+    ) -> tuple[errors.OctoconnError, float] | None:
+        """Run the finalizer; None when done, else what holds it up (shown where users look) and when to retry."""
+        try:
+            events = await kind.finalize(res)
+        except errors.OctoconnError as exc:
+            return exc, await self.report_deletion_blocked(kind, res, exc, emit, attempt=attempt)
+        self.statuses.forget(*kind.key(res), plural=kind.plural)
+        kind.forget_metrics(res)
+        for event in events:
+            emit(event)
+        return None
+
     async def report_deletion_blocked(
-        self, res: Resource, error: errors.OctoconnError, emit: EventSink, *, attempt: int
+        self, kind: Lifecycle[R], res: R, error: errors.OctoconnError, emit: EventSink, *, attempt: int
     ) -> float:
         """Show a stuck deletion where users look (Ready, Events); return when to try again."""
-        status, events = deletion_blocked(res, error, utcnow())
-        await self.statuses.patch_status(res.namespace, res.name, status.to_patch())
-        metrics.observe_resource(
-            res.namespace, res.name, ready="False", reason="DeletionBlocked", paused=res.paused, key_expires_at=None
-        )
+        status, events = kind.deletion_blocked(res, error, utcnow())
+        namespace, name = kind.key(res)
+        await self.statuses.patch_status(namespace, name, status.to_patch(), plural=kind.plural)
+        kind.observe_blocked(res)
         for event in events:
             emit(event)
         s = self.settings
@@ -220,9 +410,10 @@ class Runtime:
 
     async def loop(
         self,
+        kind: Lifecycle[R],
         body_reader: Callable[[], dict[str, Any]],
         emit: EventSink,
-        logger: logging.Logger | logging.LoggerAdapter[Any],
+        logger: Log,
         stopped: Callable[[], Awaitable[object]],
     ) -> None:
         """Reconcile now, then again on every kick, after a failure's retry delay, or at the jittered interval.
@@ -230,15 +421,15 @@ class Runtime:
         Returns when ``stopped()`` resolves (the resource is being deleted, or the operator is exiting), so Kopf
         never has to cancel the loop in the middle of a call.
         """
-        first = Resource.from_body(self.statuses.view(body_reader()))
-        key = (first.namespace, first.name)
+        first = kind.parse(self.statuses.view(body_reader(), plural=kind.plural))
+        key = (kind.plural, *kind.key(first))
         kick = self.kicks.setdefault(key, asyncio.Event())
         stopping = asyncio.ensure_future(stopped())
         failures = 0
         # What status says until the first check: after a restart, a settled resource may wait minutes for it.
-        _observe_status(first, first.status)
+        kind.observe_status(first)
         try:
-            if await self._settled(first):
+            if await kind.settled(first):
                 # After a restart, a resource that was fine and has not changed since waits for its periodic
                 # check instead of all of them checking at once: that burst would fill the Infisical read pace and
                 # delay real changes (rotations, edits) for minutes. Any change still wakes it at once.
@@ -249,7 +440,8 @@ class Runtime:
                 woken.cancel()
             while not stopping.done():
                 kick.clear()
-                outcome = await self._guarded(Resource.from_body(self.statuses.view(body_reader())), emit, logger)
+                body = self.statuses.view(body_reader(), plural=kind.plural)
+                outcome = await self._guarded(kind, kind.parse(body), emit, logger)
                 delay = self._next_delay(outcome, failures + 1)
                 failures = failures + 1 if outcome is None or outcome.error is not None else 0
                 logger.debug("next reconcile in %.0fs unless woken", delay)
@@ -259,27 +451,11 @@ class Runtime:
         finally:
             stopping.cancel()
             self.kicks.pop(key, None)
-            metrics.forget_resource(*key)  # deleted, or no longer ours: a deletion still blocked reports itself
+            kind.forget_metrics(first)  # deleted, or no longer ours: a deletion still blocked reports itself
 
-    async def _settled(self, res: Resource) -> bool:
-        """Ready, reconciled at this generation, and its Secret unchanged since: nothing to do right now."""
-        status = res.status
-        ready = status.condition("Ready")
-        if res.paused or ready is None or ready.status != "True" or status.observed_generation != res.generation:
-            return False
-        if not status.id or not status.secret_resource_version:
-            return False
+    async def _guarded(self, kind: Lifecycle[R], res: R, emit: EventSink, logger: Log) -> Outcome[Any] | None:
         try:
-            secret = await self.kube.read_secret(res.namespace, res.spec.api_key_secret_ref.name)
-        except KubeError:
-            return False
-        return secret is not None and secret.resource_version == status.secret_resource_version
-
-    async def _guarded(
-        self, res: Resource, emit: EventSink, logger: logging.Logger | logging.LoggerAdapter[Any]
-    ) -> Outcome | None:
-        try:
-            outcome = await self.run_once(res, emit)
+            outcome = await self.run_once(kind, res, emit)
         except Exception as exc:  # a bug or a Kubernetes API failure must not kill the resource's loop
             logger.error("reconcile failed unexpectedly: %s: %s", type(exc).__name__, exc)
             return None
@@ -290,12 +466,14 @@ class Runtime:
             logger.info("reconciled: %s%s", _ready_summary(outcome), f" ({actions})" if actions else "")
         return outcome
 
-    def _next_delay(self, outcome: Outcome | None, attempt: int) -> float:
+    def _next_delay(self, outcome: Outcome[Any] | None, attempt: int) -> float:
         s = self.settings
         if outcome is None:
             error: errors.OctoconnError = errors.OctoconnError("unexpected failure")
         elif outcome.error is not None:
             error = outcome.error
+        elif outcome.requeue_after is not None:
+            return outcome.requeue_after  # something remote is still moving (a sync running in Infisical)
         else:
             return jittered(s.resync_interval_seconds)
         return retry_delay(
@@ -314,18 +492,6 @@ class Runtime:
         self.kube.close()
 
 
-def _observe(res: Resource, outcome: Outcome, seconds: float) -> None:
-    ready = outcome.status.condition("Ready")
-    if res.paused:
-        result, reason = "paused", ready.reason if ready else "ReconcilePaused"
-    elif outcome.error is not None:
-        result, reason = "error", outcome.error.reason
-    else:
-        result, reason = "success", ready.reason if ready else "Available"
-    metrics.observe_reconcile(result, reason, seconds)
-    _observe_status(res, outcome.status)
-
-
 def _observe_status(res: Resource, status: OctopusDeployConnectionStatus) -> None:
     ready = status.condition("Ready")
     metrics.observe_resource(
@@ -338,7 +504,7 @@ def _observe_status(res: Resource, status: OctopusDeployConnectionStatus) -> Non
     )
 
 
-def _ready_summary(outcome: Outcome) -> str:
+def _ready_summary(outcome: Outcome[Any]) -> str:
     ready = outcome.status.condition("Ready")
     return f"Ready={ready.status} ({ready.reason})" if ready else "no Ready condition"
 

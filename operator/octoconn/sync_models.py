@@ -263,6 +263,7 @@ class ResolvedScope(_Model):
 class ResolvedDestination(_Model):
     """The destination as Octopus ids, found with the connection's API key."""
 
+    instance_url: Annotated[str | None, Field(description="The Octopus server (the connection's instanceUrl).")] = None
     space_id: Annotated[str | None, Field(description="Octopus space id, e.g. Spaces-1.")] = None
     space_name: Annotated[str | None, Field(description="Octopus space name.")] = None
     project_id: Annotated[str | None, Field(description="Octopus project id, e.g. Projects-1.")] = None

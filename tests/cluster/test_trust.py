@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from octoconn.conditions import Event
 from octoconn.kube import KubeClient, load_api_client
-from octoconn.reconcile import Event
 from octoconn.runtime import Runtime
 from octoconn.settings import Settings
 from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET, Kube, Remotes, operator_env, own_namespace
@@ -92,7 +92,8 @@ async def test_a_second_pass_never_acts_on_a_body_older_than_its_own_status_writ
         logger.setLevel(logging.DEBUG)
         logger.addHandler(counter)
         try:
-            await asyncio.wait_for(runtime.loop(lambda: held_back, emit, logger, stopped=counter.done.wait), 60)
+            loop = runtime.loop(runtime.connections, lambda: held_back, emit, logger, stopped=counter.done.wait)
+            await asyncio.wait_for(loop, 60)
         finally:
             logger.removeHandler(counter)
             await runtime.aclose()

@@ -445,7 +445,7 @@ def test_all_namespaces_uses_cluster_role(helm: Helm) -> None:
     assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]} in cluster_role["rules"]
     assert {
         "apiGroups": ["octoconn.dev"],
-        "resources": ["octopusdeployconnections/status"],
+        "resources": ["octopusdeployconnections/status", "octopusdeploysecretsyncs/status"],
         "verbs": ["get", "patch", "update"],
     } in cluster_role["rules"]
     assert m.of_kind("Role") == []
@@ -466,7 +466,14 @@ def test_watch_namespaces_get_roles_instead_of_cluster_wide_secrets(helm: Helm) 
     for namespace in ("team-a", "team-b"):
         role = m.one("Role", "octoconn", namespace)
         resources = {r for rule in role["rules"] for r in rule["resources"]}
-        assert {"secrets", "octopusdeployconnections", "octopusdeployconnections/status", "events"} <= resources
+        assert {
+            "secrets",
+            "octopusdeployconnections",
+            "octopusdeployconnections/status",
+            "octopusdeploysecretsyncs",
+            "octopusdeploysecretsyncs/status",
+            "events",
+        } <= resources
         binding = m.one("RoleBinding", "octoconn", namespace)
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "octoconn"}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "octoconn", "namespace": RELEASE_NAMESPACE}]
@@ -725,8 +732,11 @@ def test_installed_rbac_with_watch_namespaces(install: Any, kube_api: Any, names
     odc = {"group": "octoconn.dev", "resource": "octopusdeployconnections"}
     for verb in ("get", "list", "watch", "patch", "update"):
         assert sa.can(verb, odc["resource"], watched, group=odc["group"]), verb
+    for verb in ("get", "list", "watch", "patch", "update"):
+        assert sa.can(verb, "octopusdeploysecretsyncs", watched, group="octoconn.dev"), verb
     for verb in ("get", "patch", "update"):
         assert sa.can(verb, "octopusdeployconnections/status", watched, group="octoconn.dev"), verb
+        assert sa.can(verb, "octopusdeploysecretsyncs/status", watched, group="octoconn.dev"), verb
     for verb in ("get", "list", "watch"):
         assert sa.can(verb, "secrets", watched), verb
     assert sa.can("create", "events", watched)

@@ -76,10 +76,10 @@ modify the Secret a user points it at, so it is not allowed to.
 */}}
 {{- define "octoconn.namespacedRules" -}}
 - apiGroups: ["octoconn.dev"]
-  resources: ["octopusdeployconnections"]
+  resources: ["octopusdeployconnections", "octopusdeploysecretsyncs"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["octoconn.dev"]
-  resources: ["octopusdeployconnections/status"]
+  resources: ["octopusdeployconnections/status", "octopusdeploysecretsyncs/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["secrets"]

@@ -1,0 +1,897 @@
+"""The whole life of one OctopusDeploySecretSync: verify the destination, create or update the sync, follow it, delete.
+
+Like ``reconcile`` for connections, this module decides and does no I/O of its own: outside calls go through the
+small ports below, which ``runtime`` wires to the real clients. It imports neither kopf nor httpx.
+
+Infisical's Octopus secret sync has traps this module exists to guard against: creating or changing a sync never
+calls Octopus (a wrong project shows up minutes later as a failed sync); every PATCH rewrites the whole Octopus
+variable set; a failing sync stays "running" through five attempts; two syncs into one project delete each other's
+variables unless their key schemas keep their names apart; and a delete with removal can fail and leave the sync.
+
+One pass (``SyncReconciler.reconcile``):
+1. paused? -> no remote calls, ``Synced=False/ReconcilePaused``;
+2. the referenced OctopusDeployConnection must exist and be Ready; its Infisical connection id, its Infisical
+   identity and its Octopus key are what the sync uses;
+3. before anything is created or changed: resolve space, project and scope values with the connection's key and
+   check the key may view and edit that project's variables (``DestinationVerified``), and refuse a sync whose
+   variable names could collide with an older sync's in the same Octopus project;
+4. create the sync, or PATCH what differs, and nothing when nothing differs; trigger a sync for a new
+   ``octoconn.dev/sync-requested-at`` value (and after a write when auto-sync is off);
+5. follow Infisical's status: ``Synced`` is True only once a sync succeeded after the operator's last write, and
+   False with Octopus's own message, made readable, once Infisical's retries are over.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from octoconn import conditions, errors
+from octoconn.conditions import (
+    READY,
+    TRANSIENT,
+    ConditionStatus,
+    Event,
+    parse_time,
+    rfc3339,
+    set_condition,
+    summarize,
+    transition_events,
+    utcnow,
+)
+from octoconn.infisical import SecretSync
+from octoconn.models import ANNOTATION_PAUSED, OctopusDeployConnectionSpec, OctopusDeployConnectionStatus
+from octoconn.octopus import Named, OctopusDestination, PermissionGrant, normalize_instance_url
+from octoconn.reconcile import SecretReader, read_identity
+from octoconn.sync_models import (
+    ANNOTATION_SYNC_REQUESTED_AT,
+    PLURAL,
+    OctopusDeploySecretSyncSpec,
+    OctopusDeploySecretSyncStatus,
+    PendingSyncCreate,
+    ResolvedDestination,
+    ResolvedScope,
+)
+
+DESTINATION_VERIFIED = "DestinationVerified"
+SYNCED = "Synced"
+
+# A sync found by name after a crash mid-create is ours if Infisical created it after our marker.
+PENDING_CREATE_SKEW = timedelta(minutes=2)
+# While Infisical works (pending/running) the status is read again after these delays, the last one repeating.
+POLL_DELAYS = (2.0, 3.0, 5.0, 8.0, 10.0)
+_MESSAGE_LIMIT = 1024
+_API_KEY_LIKE = re.compile(r"API-[A-Z0-9]{8,}")
+_MISSING_PERMISSION = re.compile(r"Missing permission: (?P<name>\w+)")
+# spec scope field -> (ScopeValues collection in the variable set, destinationConfig.scopeValues key)
+SCOPE_KINDS = {
+    "environments": "Environments",
+    "roles": "Roles",
+    "machines": "Machines",
+    "channels": "Channels",
+    "processes": "Processes",
+    "actions": "Actions",
+}
+Outcome = conditions.Outcome[OctopusDeploySecretSyncStatus]
+
+
+# --- ports -------------------------------------------------------------------------------------------------------
+class ConnectionReader(Protocol):
+    async def read_connection(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+class DestinationInspector(Protocol):
+    async def inspect_destination(
+        self, instance_url: str, api_key: str, *, space: str, project: str
+    ) -> OctopusDestination: ...
+
+
+class SyncStore(Protocol):
+    async def get_sync(self, sync_id: str) -> SecretSync | None: ...
+
+    async def get_sync_by_name(self, name: str, *, project_id: str) -> SecretSync | None: ...
+
+    async def create_sync(self, body: dict[str, Any]) -> SecretSync: ...
+
+    async def update_sync(self, sync_id: str, body: dict[str, Any]) -> SecretSync: ...
+
+    async def trigger_sync(self, sync_id: str) -> SecretSync | None: ...
+
+    async def delete_sync(self, sync_id: str, *, remove_secrets: bool) -> SecretSync | None: ...
+
+
+class SyncStoreFactory(Protocol):
+    def default(self) -> SyncStore: ...
+
+    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> SyncStore: ...
+
+
+class StatusWriter(Protocol):
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str) -> object: ...
+
+
+@dataclass(frozen=True)
+class PeerSync:
+    """Another OctopusDeploySecretSync that writes into the same Octopus project (from the operator's index)."""
+
+    ref: str  # namespace/name
+    uid: str
+    created: str  # metadata.creationTimestamp
+    key_schema: str | None
+    environment: str
+
+
+# --- inputs ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyncResource:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: str
+    spec: OctopusDeploySecretSyncSpec
+    status: OctopusDeploySecretSyncStatus
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> SyncResource:
+        meta = body.get("metadata", {})
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            created=str(meta.get("creationTimestamp") or ""),
+            spec=OctopusDeploySecretSyncSpec.model_validate(body.get("spec") or {}),
+            status=OctopusDeploySecretSyncStatus.model_validate(body.get("status") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def sync_name(self) -> str:
+        return self.spec.sync_name or self.name
+
+    @property
+    def paused(self) -> bool:
+        return self.annotations.get(ANNOTATION_PAUSED, "").strip().lower() == "true"
+
+    @property
+    def sync_request(self) -> str | None:
+        value = self.annotations.get(ANNOTATION_SYNC_REQUESTED_AT, "").strip()
+        return value or None
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The parts of the referenced OctopusDeployConnection a sync relies on."""
+
+    namespace: str
+    name: str
+    spec: OctopusDeployConnectionSpec
+    status: OctopusDeployConnectionStatus
+    generation: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Connection:
+        meta = body.get("metadata", {})
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            spec=OctopusDeployConnectionSpec.model_validate(body.get("spec") or {}),
+            status=OctopusDeployConnectionStatus.model_validate(body.get("status") or {}),
+            generation=int(meta.get("generation") or 0),
+        )
+
+
+# --- pure decisions ----------------------------------------------------------------------------------------------
+def destination_key(instance_url: str, space_id: str, project_id: str) -> str:
+    """One Octopus project anywhere: what the conflict index is keyed on."""
+    return f"{instance_url}|{space_id}|{project_id}"
+
+
+def name_pattern(key_schema: str | None, environment: str) -> tuple[str, str]:
+    """(prefix, suffix) every variable name of a sync has; ("", "") without a key schema: every name."""
+    if not key_schema:
+        return "", ""
+    rendered = key_schema.replace("{{environment}}", environment)
+    prefix = rendered.split("{{secretKey}}", 1)[0]
+    suffix = rendered.rsplit("{{secretKey}}", 1)[-1]
+    return prefix, suffix
+
+
+def names_can_collide(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Whether two (prefix, suffix) patterns can produce, or claim for deletion, one same name.
+
+    A secret key can be any text, so two patterns share a name exactly when one prefix starts the other and one
+    suffix ends the other. Infisical deletes every sensitive variable matching its pattern that is not in its own
+    map, so a shared name means the two syncs delete or overwrite each other's variables.
+    """
+    (p1, s1), (p2, s2) = a, b
+    return (p1.startswith(p2) or p2.startswith(p1)) and (s1.endswith(s2) or s2.endswith(s1))
+
+
+def conflicting_peer(res: SyncResource, peers: Iterable[PeerSync]) -> PeerSync | None:
+    """The older sync into the same project whose names this one could collide with; the younger one yields."""
+    mine = name_pattern(res.spec.key_schema, res.spec.source.environment)
+    order = (res.created, res.ref)
+    clashes = [
+        peer
+        for peer in peers
+        if peer.uid != res.uid
+        and (peer.created, peer.ref) < order
+        and names_can_collide(mine, name_pattern(peer.key_schema, peer.environment))
+    ]
+    return min(clashes, key=lambda p: (p.created, p.ref)) if clashes else None
+
+
+def resolve_scope(
+    spec_scope: Mapping[str, list[str] | None], offered: Mapping[str, tuple[Named, ...]]
+) -> ResolvedScope:
+    """Scope names or ids -> ids, from the project's ScopeValues. Raises DestinationNotFound naming what is missing."""
+    resolved: dict[str, list[str]] = {}
+    for kind, collection in SCOPE_KINDS.items():
+        wanted = spec_scope.get(kind)
+        if not wanted:
+            continue
+        values = offered.get(collection, ())
+        ids: list[str] = []
+        for ref in wanted:
+            hit = next((v for v in values if v.id == ref), None) or next(
+                (v for v in values if v.name.casefold() == ref.casefold()), None
+            )
+            if hit is None:
+                shown = ", ".join(f"{v.name} ({v.id})" for v in values[:10]) or "none"
+                raise errors.DestinationNotFound(
+                    f'spec.destination.scope.{kind}: "{ref}" is not one of the {collection.lower()} this project '
+                    f"offers ({shown})"
+                )
+            if hit.id not in ids:
+                ids.append(hit.id)
+        resolved[kind] = ids
+    return ResolvedScope.model_validate(resolved)
+
+
+def _grant_covers(
+    grant: PermissionGrant, *, space_id: str, project_id: str, group_id: str | None, environments: list[str]
+) -> bool:
+    if grant.space_id not in (None, space_id):
+        return False
+    if grant.project_ids and project_id not in grant.project_ids:
+        return False
+    if grant.project_group_ids and group_id not in grant.project_group_ids:
+        return False
+    if grant.environment_ids:
+        # An environment-limited grant covers only variables scoped to environments it holds.
+        return bool(environments) and set(environments) <= grant.environment_ids
+    return True
+
+
+def missing_permissions(destination: OctopusDestination, environments: list[str]) -> list[str]:
+    """Octopus permissions the key lacks to read and rewrite this project's variables with this scope.
+
+    Infisical GETs the whole variable set and PUTs it back. A variable without an environment scope is an
+    "unscoped" one: a key whose rights are limited to some environments needs the ...Unscoped permissions for those.
+    """
+
+    def covers(grant: PermissionGrant, envs: list[str]) -> bool:
+        return _grant_covers(
+            grant,
+            space_id=destination.space.id,
+            project_id=destination.project.id,
+            group_id=destination.project_group_id,
+            environments=envs,
+        )
+
+    missing = []
+    for permission in ("VariableView", "VariableEdit"):
+        grants = destination.permissions.get(permission, ())
+        if any(covers(g, environments) for g in grants):
+            continue
+        unscoped = destination.permissions.get(f"{permission}Unscoped", ())
+        if not environments and any(covers(g, []) for g in unscoped):
+            continue
+        limited = any(covers(g, sorted(g.environment_ids)) for g in grants)
+        if limited and not environments:
+            missing.append(f"{permission}Unscoped")
+        else:
+            missing.append(permission)
+    return missing
+
+
+def normalize_path(path: str) -> str:
+    """Infisical stores the secret path without one trailing slash (except the root)."""
+    path = path.strip()
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+def desired_body(res: SyncResource, connection_id: str, destination: ResolvedDestination) -> dict[str, Any]:
+    """The complete create body for this spec; PATCH bodies are cut from it."""
+    spec = res.spec
+    options: dict[str, Any] = {
+        "initialSyncBehavior": "overwrite-destination",  # the only behaviour Infisical allows for Octopus
+        "disableSecretDeletion": spec.disable_secret_deletion,
+    }
+    if spec.key_schema:
+        options["keySchema"] = spec.key_schema
+    scope = destination.scope.model_dump(exclude_none=True) if destination.scope else {}
+    return {
+        "name": res.sync_name,
+        "projectId": spec.source.project_id,
+        "description": spec.description,
+        "connectionId": connection_id,
+        "environment": spec.source.environment,
+        "secretPath": normalize_path(spec.source.secret_path),
+        "isAutoSyncEnabled": spec.auto_sync,
+        "syncOptions": options,
+        "destinationConfig": {
+            "spaceId": destination.space_id,
+            "scope": "project",
+            "projectId": destination.project_id,
+            "scopeValues": {k: v for k, v in scope.items() if v},
+        },
+    }
+
+
+def _options_of(options: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        options.get("initialSyncBehavior"),
+        options.get("keySchema") or None,
+        options.get("disableSecretDeletion") is True,
+    )
+
+
+def _destination_of(config: Mapping[str, Any]) -> tuple[Any, ...]:
+    scope = config.get("scopeValues") if isinstance(config.get("scopeValues"), dict) else {}
+    assert isinstance(scope, dict)
+    values = tuple(sorted((k, tuple(v)) for k, v in scope.items() if isinstance(v, list) and v))
+    return config.get("spaceId"), config.get("scope") or "project", config.get("projectId"), values
+
+
+def plan_patch(desired: Mapping[str, Any], remote: SecretSync) -> dict[str, Any]:
+    """The PATCH body that makes ``remote`` match ``desired``; empty when nothing differs.
+
+    Every PATCH makes Infisical rewrite the Octopus variable set, so an equal field is never sent. Nested objects
+    are sent whole when they differ: Infisical replaces them instead of merging.
+    """
+    patch: dict[str, Any] = {}
+    if remote.name != desired["name"]:
+        patch["name"] = desired["name"]
+    if (remote.description or None) != (desired["description"] or None):
+        patch["description"] = desired["description"]
+    if remote.connection_id != desired["connectionId"]:
+        patch["connectionId"] = desired["connectionId"]
+    if remote.environment != desired["environment"] or remote.secret_path != desired["secretPath"]:
+        # Infisical wants both or neither.
+        patch["environment"] = desired["environment"]
+        patch["secretPath"] = desired["secretPath"]
+    if remote.is_auto_sync_enabled != desired["isAutoSyncEnabled"]:
+        patch["isAutoSyncEnabled"] = desired["isAutoSyncEnabled"]
+    if _options_of(remote.sync_options) != _options_of(desired["syncOptions"]):
+        patch["syncOptions"] = desired["syncOptions"]
+    if _destination_of(remote.destination_config) != _destination_of(desired["destinationConfig"]):
+        patch["destinationConfig"] = desired["destinationConfig"]
+    return patch
+
+
+def readable_message(raw: str | None, secrets: Iterable[str] = ()) -> str:
+    """Infisical's ``lastSyncMessage`` made readable: Octopus's JSON error body becomes its own words.
+
+    Infisical stores Octopus's body JSON-encoded (``{"ErrorMessage": ..., "Errors": [...], "HelpText": ...}``), a text
+    body as a quoted JSON string, or an HTTP-client message. Anything that looks like an API key is masked.
+    """
+    text = (raw or "").strip()
+    if not text:
+        return "Infisical gave no message."
+    try:
+        parsed: Any = json.loads(text)
+    except ValueError:
+        parsed = text
+    if isinstance(parsed, dict):
+        parts = [str(parsed[k]) for k in ("ErrorMessage", "error", "message") if isinstance(parsed.get(k), str)]
+        listed = parsed.get("Errors")
+        if isinstance(listed, list):
+            parts += [str(e) for e in listed if isinstance(e, str | int | float)]
+        text = " ".join(" ".join(parts).split()) or text
+    elif isinstance(parsed, str):
+        text = " ".join(parsed.split())
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, "***")
+    text = _API_KEY_LIKE.sub("API-***", text)
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def sync_state(
+    remote: SecretSync, *, requested_at: str | None, destination: str, secrets: Iterable[str] = ()
+) -> tuple[ConditionStatus, str, str]:
+    """``Synced`` from Infisical's view of the sync: True only for a success after the operator's last request."""
+    status = remote.sync_status
+    synced_at, requested = parse_time(remote.last_synced_at), parse_time(requested_at)
+    fresh = synced_at is not None and (requested is None or synced_at >= requested)
+    if status == "failed":
+        message = readable_message(remote.last_sync_message, secrets)
+        hint = ""
+        missing = _MISSING_PERMISSION.search(message)
+        if missing:
+            hint = f" Grant {missing['name']} on {destination} to the key's user in Octopus."
+        return "False", "SyncFailed", f"Infisical's sync into {destination} failed after its retries: {message}{hint}"
+    if status == "succeeded" and fresh:
+        return "True", "Synced", f"Infisical synced the secrets into {destination} at {remote.last_synced_at}."
+    if status in ("pending", "running") or (status == "succeeded" and not fresh):
+        return "Unknown", "Syncing", f"Infisical is syncing the secrets into {destination} ({status})."
+    return "Unknown", "NotSynced", f"Infisical has not synced into {destination} yet (status {status or 'none'})."
+
+
+# --- the reconciler ----------------------------------------------------------------------------------------------
+class SyncReconciler:
+    """Runs one reconcile or finalize pass for an OctopusDeploySecretSync. Long-lived: one per operator process."""
+
+    def __init__(
+        self,
+        *,
+        connections: ConnectionReader,
+        secrets: SecretReader,
+        octopus: DestinationInspector,
+        stores: SyncStoreFactory,
+        status_writer: StatusWriter,
+        peers_at: Callable[[str], Iterable[PeerSync]] = lambda _: (),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """``peers_at(destination_key)``: every OctopusDeploySecretSync whose status records that destination."""
+        self._connections = connections
+        self._secrets = secrets
+        self._octopus = octopus
+        self._stores = stores
+        self._status_writer = status_writer
+        self._peers_at = peers_at
+        self._clock = clock
+        self._polls: dict[str, int] = {}  # uid -> status reads while Infisical is still working
+        self._last_stores: dict[str, SyncStore] = {}  # uid -> store, for a finalizer outliving its connection
+
+    def forget(self, uid: str) -> None:
+        self._polls.pop(uid, None)
+        self._last_stores.pop(uid, None)
+
+    async def reconcile(self, res: SyncResource) -> Outcome:
+        now = self._clock()
+        status = res.status.model_copy(deep=True)
+        status.observed_generation = res.generation
+        if res.paused:
+            message = (
+                f'Paused by the annotation {ANNOTATION_PAUSED}="true": no calls to Octopus or Infisical. '
+                "Remove it to resume."
+            )
+            return self._finish(res, status, now, synced=("False", "ReconcilePaused", message))
+
+        try:
+            connection, store, api_key = await self._connection(res)
+        except errors.OctoconnError as exc:
+            return self._waiting(res, status, now, exc)
+
+        destination_ok = self._verified(res, status, connection)
+        try:
+            remote = await self._find(res, status, store)
+            if not destination_ok or remote is None:
+                await self._verify_destination(res, status, connection, api_key, now)
+            else:
+                self._check_conflicts(res, status)
+            assert status.destination is not None  # set by the verification
+            assert connection.status.id is not None  # a Ready connection has one
+            desired = desired_body(res, connection.status.id, status.destination)
+            remote, action = await self._write(res, status, store, remote, desired, now)
+            remote = await self._requested_sync(res, status, store, remote)
+        except (errors.OctopusError, errors.ConflictingSync) as exc:
+            return self._destination_failed(res, status, now, exc)
+        except errors.OctoconnError as exc:
+            transient = exc.retry in TRANSIENT
+            if isinstance(exc, errors.InfisicalError) and not transient:
+                status.pending_create = None
+            return self._finish(
+                res, status, now, synced=("Unknown" if transient else "False", exc.reason, exc.message), error=exc
+            )
+
+        self._last_stores[res.uid] = store
+        status.id = remote.id
+        status.sync_name = remote.name
+        status.connection_id = remote.connection_id
+        status.sync_status = remote.sync_status
+        status.last_synced_at = remote.last_synced_at
+        status.remove_status = remote.remove_status
+        status.pending_create = None
+        where = _where(status.destination)
+        state = sync_state(remote, requested_at=status.requested_at, destination=where, secrets=(api_key,))
+        status.last_sync_message = (
+            readable_message(remote.last_sync_message, (api_key,)) if remote.last_sync_message else None
+        )
+        error: errors.OctoconnError | None = None
+        requeue: float | None = None
+        if state[1] == "SyncFailed":
+            error = errors.SyncFailed(state[2])
+            self._polls.pop(res.uid, None)
+        elif state[0] == "Unknown":
+            polls = self._polls.get(res.uid, 0)
+            self._polls[res.uid] = polls + 1
+            requeue = POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)]
+        else:
+            self._polls.pop(res.uid, None)
+        outcome = self._finish(res, status, now, synced=state, error=error)
+        outcome.requeue_after = requeue
+        if action is not None:
+            outcome.events.insert(0, action)
+        return outcome
+
+    async def finalize(self, res: SyncResource) -> list[Event]:
+        """Delete the Infisical sync unless the policy is Orphan; with removeSecrets, only once Octopus is cleaned.
+
+        Raises to retry (the finalizer stays): ``RemovingSecrets`` while Infisical removes the variables, or the
+        error that blocks the deletion.
+        """
+        name = res.sync_name
+        if res.spec.effective_deletion_policy() == "Orphan":
+            self.forget(res.uid)
+            return [Event("Normal", "Orphaned", f"deletionPolicy is Orphan: Infisical secret sync {name} was kept.")]
+        if res.paused:
+            self.forget(res.uid)
+            return [Event("Warning", "ReconcilePaused", f"Paused: Infisical secret sync {name} was left in place.")]
+        store = await self._finalizer_store(res)
+        sync_id = res.status.id
+        if sync_id is None and res.status.pending_create is not None:
+            found = await store.get_sync_by_name(res.status.pending_create.name, project_id=res.spec.source.project_id)
+            sync_id = found.id if found is not None and _created_after(found, res.status.pending_create) else None
+        if sync_id is None:
+            self.forget(res.uid)
+            return [Event("Normal", "NothingToDelete", "No Infisical secret sync was ever recorded for this resource.")]
+        if not res.spec.remove_secrets:
+            deleted = await store.delete_sync(sync_id, remove_secrets=False)
+            self.forget(res.uid)
+            detail = "deleted; its variables stay in Octopus" if deleted else "was already gone"
+            return [
+                Event("Normal", "Deleted" if deleted else "AlreadyGone", f"Secret sync {name} ({sync_id}) {detail}.")
+            ]
+
+        remote = await store.get_sync(sync_id)
+        if remote is None:
+            self.forget(res.uid)
+            return [
+                Event("Normal", "Deleted", f"Secret sync {name} ({sync_id}) removed its variables and was deleted.")
+            ]
+        if remote.remove_status in ("pending", "running"):
+            raise RemovingSecrets(f"Infisical is removing the variables of secret sync {name} from Octopus.")
+        failed_before = remote.remove_status == "failed"
+        try:
+            remaining = await store.delete_sync(sync_id, remove_secrets=True)
+        except errors.InfisicalRejected as exc:
+            if "in progress" in exc.message:
+                raise RemovingSecrets(f"A sync of {name} is running; the removal starts when it ends.") from None
+            raise
+        if remaining is None:
+            self.forget(res.uid)
+            return [
+                Event("Normal", "Deleted", f"Secret sync {name} ({sync_id}) removed its variables and was deleted.")
+            ]
+        if failed_before:
+            raise RemovalFailed(
+                f"Infisical could not remove the variables from Octopus: "
+                f"{readable_message(remote.last_remove_message)}. Asked again; to delete the sync and leave its "
+                "variables, set spec.removeSecrets to false"
+            )
+        raise RemovingSecrets(f"Infisical is removing the variables of secret sync {name} from Octopus.")
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    async def _connection(self, res: SyncResource) -> tuple[Connection, SyncStore, str]:
+        ref = res.spec.connection_ref.name
+        body = await self._connections.read_connection(res.namespace, ref)
+        if body is None:
+            raise errors.ConnectionNotFound(
+                f"OctopusDeployConnection {res.namespace}/{ref} named in spec.connectionRef was not found. Create it, "
+                "or fix the name; the sync starts as soon as it is Ready."
+            )
+        connection = Connection.from_body(body)
+        ready = connection.status.condition(READY)
+        if (
+            ready is None
+            or ready.status != "True"
+            or not connection.status.id
+            or connection.status.observed_generation != connection.generation
+        ):
+            why = f"{ready.reason}: {ready.message}" if ready is not None else "it has not been reconciled yet"
+            raise errors.ConnectionNotReady(
+                f"Waiting for OctopusDeployConnection {res.namespace}/{ref} to be Ready ({why})"
+            )
+        identity = await read_identity(self._secrets, res.namespace, connection.spec.infisical)
+        store = self._stores.default() if identity is None else self._stores.for_identity(**identity)
+        secret_ref = connection.spec.api_key_secret_ref
+        secret = await self._secrets.read_secret(res.namespace, secret_ref.name)
+        api_key = (secret.data.get(secret_ref.data_key(), "") if secret is not None else "").strip()
+        if not api_key:
+            raise errors.ConnectionNotReady(
+                f"The API key Secret {res.namespace}/{secret_ref.name} of connection {ref} cannot be read; waiting "
+                "for the connection to be Ready again"
+            )
+        return connection, store, api_key
+
+    @staticmethod
+    def _verified(res: SyncResource, status: OctopusDeploySecretSyncStatus, connection: Connection) -> bool:
+        """The destination was verified for this very spec and connection: no need to ask Octopus again."""
+        verified = res.status.condition(DESTINATION_VERIFIED)
+        destination = status.destination
+        return (
+            verified is not None
+            and verified.status == "True"
+            and verified.observed_generation == res.generation
+            and destination is not None
+            and destination.instance_url == connection.status.instance_url
+            and status.connection_id == connection.status.id
+        )
+
+    async def _find(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore
+    ) -> SecretSync | None:
+        if res.status.id:
+            return await store.get_sync(res.status.id)  # None: deleted in Infisical, recreated below
+        marker = res.status.pending_create
+        if marker is not None:
+            found = await store.get_sync_by_name(marker.name, project_id=res.spec.source.project_id)
+            if found is not None and _created_after(found, marker):
+                status.pending_create = None
+                return found
+        return None
+
+    async def _verify_destination(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        connection: Connection,
+        api_key: str,
+        now: datetime,
+    ) -> None:
+        url = connection.status.instance_url or normalize_instance_url(connection.spec.instance_url)
+        dest = res.spec.destination
+        found = await self._octopus.inspect_destination(url, api_key, space=dest.space, project=dest.project)
+        scope_spec = dest.scope.model_dump() if dest.scope is not None else {}
+        scope = resolve_scope(scope_spec, found.scope_values)
+        where = f"project {found.project.name} ({found.project.id}) in space {found.space.name} ({found.space.id})"
+        missing = missing_permissions(found, scope.environments or [])
+        if missing:
+            raise errors.OctopusPermissionMissing(
+                f"The API key of connection {connection.name} (Octopus user {found.user.name}) lacks "
+                f"{' and '.join(missing)} on {where}: Infisical could not read and rewrite its variables. Grant "
+                f"{', '.join(missing)} to a team of that user for this project, then the sync is created."
+            )
+        status.destination = ResolvedDestination(
+            instance_url=url,
+            space_id=found.space.id,
+            space_name=found.space.name,
+            project_id=found.project.id,
+            project_name=found.project.name,
+            scope=scope if scope.model_dump(exclude_none=True) else None,
+        )
+        self._check_conflicts(res, status)
+        status.conditions = set_condition(
+            status.conditions,
+            type_=DESTINATION_VERIFIED,
+            status="True",
+            reason="DestinationVerified",
+            message=f"{where} exists and user {found.user.name} may view and edit its variables.",
+            generation=res.generation,
+            now=now,
+        )
+
+    def _check_conflicts(self, res: SyncResource, status: OctopusDeploySecretSyncStatus) -> None:
+        dest = status.destination
+        if dest is None or not (dest.instance_url and dest.space_id and dest.project_id):
+            return
+        peer = conflicting_peer(res, self._peers_at(destination_key(dest.instance_url, dest.space_id, dest.project_id)))
+        if peer is not None:
+            mine = res.spec.key_schema or "none"
+            theirs = peer.key_schema or "none"
+            raise errors.ConflictingSync(
+                f"OctopusDeploySecretSync {peer.ref} already syncs into {_where(dest)} (keySchema {theirs}); with "
+                f"keySchema {mine} both could write or delete the same variable names, and each sync would delete "
+                "the other's variables. Give the two syncs key schemas with distinct prefixes, e.g. "
+                f"{res.name.upper().replace('-', '_')}_{{{{secretKey}}}}."
+            )
+
+    async def _write(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        store: SyncStore,
+        remote: SecretSync | None,
+        desired: dict[str, Any],
+        now: datetime,
+    ) -> tuple[SecretSync, Event | None]:
+        if remote is None:
+            existing = await store.get_sync_by_name(desired["name"], project_id=desired["projectId"])
+            if existing is not None:
+                raise errors.NameConflict(
+                    f'Infisical project {desired["projectId"]} already has a secret sync named "{desired["name"]}" '
+                    f"({existing.id}) that this resource did not create. Set spec.syncName to another name, or "
+                    "delete that sync in Infisical."
+                )
+            marker = PendingSyncCreate(name=desired["name"], started_at=rfc3339(now))
+            status.pending_create = marker
+            # Recorded before the POST: a retry after a crash adopts the sync instead of failing on its name.
+            await self._status_writer.patch_status(
+                res.namespace,
+                res.name,
+                {"pendingCreate": marker.model_dump(by_alias=True, mode="json")},
+                plural=PLURAL,
+            )
+            created = await store.create_sync(desired)
+            status.requested_at = created.updated_at or created.created_at
+            if not res.spec.auto_sync:
+                created = await store.trigger_sync(created.id) or created
+            recreated = res.status.id is not None
+            verb = f"Secret sync {res.status.id} was deleted in Infisical; recreated it as" if recreated else "Created"
+            event = Event(
+                "Warning" if recreated else "Normal",
+                "DriftRepaired" if recreated else "Created",
+                f"{verb} secret sync {created.name} ({created.id}) into {_where(status.destination)}.",
+            )
+            return created, event
+        patch = plan_patch(desired, remote)
+        if not patch:
+            return remote, None
+        updated = await store.update_sync(remote.id, patch)
+        status.requested_at = updated.updated_at
+        if not res.spec.auto_sync:
+            updated = await store.trigger_sync(updated.id) or updated
+        return updated, Event("Normal", "Updated", f"Updated {', '.join(sorted(patch))} of secret sync {updated.id}.")
+
+    async def _requested_sync(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore, remote: SecretSync
+    ) -> SecretSync:
+        """A new ``octoconn.dev/sync-requested-at`` value asks Infisical for a sync now."""
+        request = res.sync_request
+        if request is None or request == res.status.handled_sync_request:
+            return remote
+        triggered = await store.trigger_sync(remote.id)
+        if triggered is None:
+            return remote  # one is running: the request stays unhandled and is tried at the next poll
+        status.handled_sync_request = request
+        status.requested_at = triggered.updated_at
+        return triggered
+
+    async def _finalizer_store(self, res: SyncResource) -> SyncStore:
+        body = await self._connections.read_connection(res.namespace, res.spec.connection_ref.name)
+        if body is None:
+            # The connection went first (a namespace being deleted): use the identity this sync last used.
+            return self._last_stores.get(res.uid) or self._stores.default()
+        connection = Connection.from_body(body)
+        try:
+            identity = await read_identity(self._secrets, res.namespace, connection.spec.infisical)
+        except errors.InfisicalCredentialsMissing:
+            if res.uid in self._last_stores:
+                return self._last_stores[res.uid]
+            raise
+        return self._stores.default() if identity is None else self._stores.for_identity(**identity)
+
+    # -- status ---------------------------------------------------------------------------------------------------
+    def _waiting(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime, exc: errors.OctoconnError
+    ) -> Outcome:
+        if status.condition(DESTINATION_VERIFIED) is None:
+            status.conditions = set_condition(
+                status.conditions,
+                type_=DESTINATION_VERIFIED,
+                status="Unknown",
+                reason=exc.reason,
+                message="The destination is verified with the connection's key once the connection is Ready.",
+                generation=res.generation,
+                now=now,
+            )
+        state: ConditionStatus = "Unknown" if exc.retry in TRANSIENT or exc.reason == "ConnectionNotReady" else "False"
+        return self._finish(res, status, now, synced=(state, exc.reason, exc.message), error=exc)
+
+    def _destination_failed(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime, exc: errors.OctoconnError
+    ) -> Outcome:
+        transient = exc.retry in TRANSIENT
+        status.conditions = set_condition(
+            status.conditions,
+            type_=DESTINATION_VERIFIED,
+            status="Unknown" if transient else "False",
+            reason=exc.reason,
+            message=exc.message,
+            generation=res.generation,
+            now=now,
+        )
+        status.pending_create = None
+        what = "Infisical's sync was left as it is" if status.id else "nothing was created in Infisical"
+        return self._finish(
+            res,
+            status,
+            now,
+            synced=("Unknown" if transient else "False", exc.reason, f"{exc.message} ({what}.)"),
+            error=exc,
+        )
+
+    def _finish(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        now: datetime,
+        *,
+        synced: tuple[ConditionStatus, str, str],
+        error: errors.OctoconnError | None = None,
+    ) -> Outcome:
+        state, reason, message = synced
+        status.conditions = set_condition(
+            status.conditions,
+            type_=SYNCED,
+            status=state,
+            reason=reason,
+            message=message,
+            generation=res.generation,
+            now=now,
+        )
+        status.conditions = summarize(
+            status.conditions,
+            (DESTINATION_VERIFIED, SYNCED),
+            ready_reason="Available",
+            ready_message=f"Infisical syncs {_source(res)} into {_where(status.destination)}.",
+            generation=res.generation,
+            now=now,
+        )
+        return Outcome(status=status, events=transition_events(res.status, status), error=error)
+
+
+class RemovingSecrets(errors.OctoconnError):
+    """Infisical is removing the sync's variables from Octopus; the deletion finishes when it is done."""
+
+    reason = "RemovingSecrets"
+    retry = errors.Retry.BACKOFF
+
+
+class RemovalFailed(errors.OctoconnError):
+    reason = "RemovalFailed"
+    retry = errors.Retry.BACKOFF
+
+
+def deletion_blocked(
+    res: SyncResource, error: errors.OctoconnError, now: datetime
+) -> tuple[OctopusDeploySecretSyncStatus, list[Event]]:
+    """Status and Event while the finalizer waits: for a removal in progress, or for a failure to clear."""
+    if isinstance(error, RemovingSecrets):
+        reason, message = "RemovingSecrets", f"{error.message} The resource goes once Infisical confirms it."
+    else:
+        reason = "DeletionBlocked"
+        message = (
+            f"Deleting the Infisical secret sync failed ({error.reason}): {error.message}. The operator keeps trying; "
+            "to finish the deletion and leave the sync in Infisical, set spec.deletionPolicy to Orphan."
+        )
+    status = res.status.model_copy(deep=True)
+    status.conditions = set_condition(
+        status.conditions,
+        type_=READY,
+        status="False",
+        reason=reason,
+        message=message,
+        generation=res.generation,
+        now=now,
+    )
+    return status, transition_events(res.status, status)
+
+
+def _source(res: SyncResource) -> str:
+    return f"{res.spec.source.environment}:{normalize_path(res.spec.source.secret_path)}"
+
+
+def _where(destination: ResolvedDestination | None) -> str:
+    if destination is None:
+        return "the Octopus project"
+    return f"Octopus project {destination.project_name} ({destination.project_id})"
+
+
+def _created_after(sync: SecretSync, marker: PendingSyncCreate) -> bool:
+    started, created = parse_time(marker.started_at), parse_time(sync.created_at)
+    return started is not None and created is not None and created >= started - PENDING_CREATE_SKEW
