@@ -259,50 +259,48 @@ def resolve_scope(
     return ResolvedScope.model_validate(resolved)
 
 
-def _grant_covers(
-    grant: PermissionGrant, *, space_id: str, project_id: str, group_id: str | None, environments: list[str]
-) -> bool:
+def _grant_reaches(grant: PermissionGrant, *, space_id: str, project_id: str, group_id: str | None) -> bool:
+    """The grant applies to this project (environments aside)."""
     if grant.space_id not in (None, space_id):
         return False
     if grant.project_ids and project_id not in grant.project_ids:
         return False
-    if grant.project_group_ids and group_id not in grant.project_group_ids:
-        return False
-    if grant.environment_ids:
-        # An environment-limited grant covers only variables scoped to environments it holds.
-        return bool(environments) and set(environments) <= grant.environment_ids
-    return True
+    return not grant.project_group_ids or group_id in grant.project_group_ids
 
 
 def missing_permissions(destination: OctopusDestination, environments: list[str]) -> list[str]:
     """Octopus permissions the key lacks to read and rewrite this project's variables with this scope.
 
-    Infisical GETs the whole variable set and PUTs it back. A variable without an environment scope is an
-    "unscoped" one: a key whose rights are limited to some environments needs the ...Unscoped permissions for those.
+    Infisical GETs the whole variable set and PUTs it back, so the key needs VariableView and VariableEdit on the
+    project. When those are limited to some environments, they cover only variables scoped to those environments;
+    variables without an environment scope (a sync without ``scope.environments``) also need the matching
+    ...Unscoped permission.
     """
 
-    def covers(grant: PermissionGrant, envs: list[str]) -> bool:
-        return _grant_covers(
-            grant,
-            space_id=destination.space.id,
-            project_id=destination.project.id,
-            group_id=destination.project_group_id,
-            environments=envs,
-        )
+    def reaching(permission: str) -> list[PermissionGrant]:
+        return [
+            g
+            for g in destination.permissions.get(permission, ())
+            if _grant_reaches(
+                g,
+                space_id=destination.space.id,
+                project_id=destination.project.id,
+                group_id=destination.project_group_id,
+            )
+        ]
 
     missing = []
     for permission in ("VariableView", "VariableEdit"):
-        grants = destination.permissions.get(permission, ())
-        if any(covers(g, environments) for g in grants):
-            continue
-        unscoped = destination.permissions.get(f"{permission}Unscoped", ())
-        if not environments and any(covers(g, []) for g in unscoped):
-            continue
-        limited = any(covers(g, sorted(g.environment_ids)) for g in grants)
-        if limited and not environments:
-            missing.append(f"{permission}Unscoped")
-        else:
+        grants = reaching(permission)
+        if not grants:
             missing.append(permission)
+        elif any(not g.environment_ids for g in grants):
+            continue
+        elif environments:
+            if not any(set(environments) <= g.environment_ids for g in grants):
+                missing.append(permission)
+        elif not reaching(f"{permission}Unscoped"):
+            missing.append(f"{permission}Unscoped")
     return missing
 
 

@@ -117,6 +117,9 @@ def test_environment_limited_edit_covers_only_scoped_variables() -> None:
     assert missing_permissions(destination(limited), []) == ["VariableEditUnscoped"]
     unscoped = {**limited, "VariableEditUnscoped": [grant(projects={"Projects-1"})]}
     assert missing_permissions(destination(unscoped), []) == []
+    # ...Unscoped adds to an environment-limited VariableEdit; it does not replace VariableEdit.
+    only_unscoped = {"VariableView": [grant()], "VariableEditUnscoped": [grant()]}
+    assert missing_permissions(destination(only_unscoped), []) == ["VariableEdit"]
 
 
 # --- scope values ----------------------------------------------------------------------------------------------------
