@@ -21,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from octoconn.models import GROUP, PLURAL, VERSION
+from octoconn.sync_models import PLURAL as SYNC_PLURAL
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.controlplane import ClusterAccess
 from tests.servers.infisical import InfisicalServer, KubeApiConfig
@@ -28,6 +29,7 @@ from tests.servers.octopus import OctopusServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "octoconn.dev_octopusdeployconnections.yaml"
+SYNC_CRD_FILE = ROOT / "crds" / "octoconn.dev_octopusdeploysecretsyncs.yaml"
 PEERING_CRD_FILE = ROOT / "crds" / "kopf.dev_peerings.yaml"
 CLIENT_ID = "octoconn-operator-client"
 CLIENT_SECRET = "client-secret-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -82,8 +84,9 @@ def _clear_faults(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ClusterAccess) -> str:
-    control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE), "-f", str(SYNC_CRD_FILE))
+    for plural in (PLURAL, SYNC_PLURAL):
+        control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.{GROUP}")
     return f"{PLURAL}.{GROUP}"
 
 
