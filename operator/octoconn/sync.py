@@ -794,24 +794,20 @@ class SyncReconciler:
         self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime, exc: errors.OctoconnError
     ) -> Outcome:
         transient = exc.retry in TRANSIENT
+        state: ConditionStatus = "Unknown" if transient else "False"
+        left = "The Infisical sync was left as it is." if status.id else "Nothing was created in Infisical."
+        message = f"{exc.message.rstrip('.')}. {left}"
         status.conditions = set_condition(
             status.conditions,
             type_=DESTINATION_VERIFIED,
-            status="Unknown" if transient else "False",
+            status=state,
             reason=exc.reason,
-            message=exc.message,
+            message=message,
             generation=res.generation,
             now=now,
         )
         status.pending_create = None
-        what = "Infisical's sync was left as it is" if status.id else "nothing was created in Infisical"
-        return self._finish(
-            res,
-            status,
-            now,
-            synced=("Unknown" if transient else "False", exc.reason, f"{exc.message} ({what}.)"),
-            error=exc,
-        )
+        return self._finish(res, status, now, synced=(state, exc.reason, message), error=exc)
 
     def _finish(
         self,

@@ -25,6 +25,7 @@ from octoconn.sync_models import PLURAL as SYNC_PLURAL
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.controlplane import ClusterAccess
 from tests.servers.infisical import InfisicalServer, KubeApiConfig
+from tests.servers.infisical_syncs import SyncTiming
 from tests.servers.octopus import OctopusServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,8 @@ def remotes(control_plane: ClusterAccess) -> Iterator[Remotes]:
         client_key_file=control_plane.admin_key_file,
     )
     infisical = InfisicalServer(allow_internal_ips=True, kube_api=kube_api).start()
+    # Infisical's real sync timings (first delay up to 10 s, backoff from 3 s) with the same shape, in milliseconds.
+    infisical.state.syncs.timing = SyncTiming.fast()
     infisical.state.add_universal_identity(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     try:
         yield Remotes(octopus=octopus, infisical=infisical, issued_secrets=[CLIENT_SECRET])

@@ -1,0 +1,330 @@
+"""The secret sync's reconciler and clients against both test servers: Infisical's sync engine runs in the
+background and really writes into the Octopus double. Only Kubernetes is in memory here (the connection object, the
+key Secret and the status patches); the cluster tier runs the same code against a real API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from octoconn import errors
+from octoconn.infisical import InfisicalClient, SecretSync, UniversalAuth
+from octoconn.octopus import OctopusClient
+from octoconn.reconcile import SecretData
+from octoconn.sync import (
+    PeerSync,
+    RemovingSecrets,
+    SyncReconciler,
+    SyncResource,
+    SyncStore,
+    destination_key,
+)
+from octoconn.sync_models import OctopusDeploySecretSyncStatus
+from tests.servers.infisical import InfisicalServer
+from tests.servers.infisical_syncs import SyncTiming
+from tests.servers.octopus import OctopusServer
+
+SYNCS = "/api/v1/secret-syncs/octopus-deploy"
+
+
+@dataclass
+class MemoryKube:
+    secrets: dict[tuple[str, str], SecretData] = field(default_factory=dict)
+    connections: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    patches: list[Mapping[str, Any]] = field(default_factory=list)
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        return self.secrets.get((namespace, name))
+
+    async def read_connection(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.connections.get((namespace, name))
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str) -> None:
+        self.patches.append(dict(status))
+
+
+class Stores:
+    def __init__(self, store: InfisicalClient) -> None:
+        self.store = store
+
+    def default(self) -> SyncStore:
+        return self.store
+
+    def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> SyncStore:
+        raise AssertionError("not used here")
+
+
+@dataclass
+class Setup:
+    octopus: OctopusServer
+    infisical: InfisicalServer
+    client: InfisicalClient
+    kube: MemoryKube
+    reconciler: SyncReconciler
+    project_id: str
+    infisical_project: str
+    key: str
+    peers: dict[str, list[PeerSync]]
+
+    def resource(
+        self,
+        status: OctopusDeploySecretSyncStatus | None = None,
+        *,
+        generation: int = 1,
+        annotations: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> SyncResource:
+        body_spec: dict[str, Any] = {
+            "connectionRef": {"name": "octopus"},
+            "source": {"projectId": self.infisical_project, "environment": "prod", "secretPath": "/apps/web"},
+            "destination": {"space": "Default", "project": "Web"},
+        }
+        body_spec.update(spec)
+        return SyncResource.from_body(
+            {
+                "metadata": {
+                    "name": "web",
+                    "namespace": "team",
+                    "uid": "uid-web",
+                    "generation": generation,
+                    "creationTimestamp": "2026-01-01T00:00:10Z",
+                    "annotations": annotations or {},
+                },
+                "spec": body_spec,
+                "status": (status or OctopusDeploySecretSyncStatus()).to_patch(),
+            }
+        )
+
+    def variables(self) -> dict[str, dict[str, Any]]:
+        return {v["Name"]: v for v in self.octopus.state.projects.variables(self.project_id)}
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [
+            (r.method, r.path) for r in self.infisical.state.requests if r.path.startswith(SYNCS) and r.method != "GET"
+        ]
+
+
+@pytest.fixture
+async def setup(octopus: OctopusServer, infisical: InfisicalServer) -> AsyncIterator[Setup]:
+    infisical.state.syncs.timing = SyncTiming.fast()
+    project_id = octopus.state.projects.add_project("Spaces-1", "Web")
+    infisical_project = infisical.state.add_project(str(uuid.uuid4()))
+    infisical.state.secrets.set_secret(infisical_project, "prod", "/apps/web", "DB_PASS", "db-pass-value")
+    key = octopus.state.issue_key()
+    client = InfisicalClient(
+        base_url=infisical.url,
+        auth=UniversalAuth(client_id=infisical.client_id, client_secret=infisical.client_secret),  # type: ignore[attr-defined]
+    )
+    connection = await client.create(
+        name="octopus", description=None, project_id=None, instance_url=octopus.url, api_key=key
+    )
+    kube = MemoryKube()
+    kube.secrets[("team", "key")] = SecretData(resource_version="1", data={"apiKey": key})
+    kube.connections[("team", "octopus")] = {
+        "metadata": {"name": "octopus", "namespace": "team", "generation": 1},
+        "spec": {"instanceUrl": octopus.url, "apiKeySecretRef": {"name": "key"}},
+        "status": {
+            "id": connection.id,
+            "instanceUrl": octopus.url,
+            "observedGeneration": 1,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Available",
+                    "message": "ok",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "observedGeneration": 1,
+                }
+            ],
+        },
+    }
+    octopus_client = OctopusClient(allow_http=True, timeout=5)
+    peers: dict[str, list[PeerSync]] = {}
+    reconciler = SyncReconciler(
+        connections=kube,
+        secrets=kube,
+        octopus=octopus_client,
+        stores=Stores(client),
+        status_writer=kube,
+        peers_at=lambda k: peers.get(k, []),
+    )
+    yield Setup(octopus, infisical, client, kube, reconciler, project_id, infisical_project, key, peers)
+    await client.aclose()
+    await octopus_client.aclose()
+
+
+async def settle(
+    setup: Setup, res: Callable[[OctopusDeploySecretSyncStatus], SyncResource], status: OctopusDeploySecretSyncStatus
+) -> OctopusDeploySecretSyncStatus:
+    """Run passes, as the loop would (requeue_after), until nothing is moving any more."""
+    for _ in range(100):
+        outcome = await setup.reconciler.reconcile(res(status))
+        status = outcome.status
+        if outcome.requeue_after is None:
+            return status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never settled: {status.conditions}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    for _ in range(100):
+        result = check()
+        if await result if asyncio.iscoroutine(result) else result:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never saw {what}")
+
+
+async def test_create_follow_and_no_update_that_changes_nothing(setup: Setup) -> None:
+    status = await settle(
+        setup, lambda s: setup.resource(s, options={"keySchema": "WEB_{{secretKey}}"}), OctopusDeploySecretSyncStatus()
+    )
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("True", "Available")
+    assert status.sync_status == "succeeded"
+    assert status.destination is not None
+    assert status.destination.project_id == setup.project_id
+    assert setup.variables()["WEB_DB_PASS"]["Value"] == "db-pass-value"
+    assert setup.writes() == [("POST", SYNCS)]
+    assert setup.kube.patches[0]["pendingCreate"]["name"] == "web"  # the marker went out before the POST
+
+    # Another pass with nothing changed: reads only, and no call to Octopus (verified at this generation).
+    octopus_before = len(setup.octopus.state.requests)
+    status = await settle(setup, lambda s: setup.resource(s, options={"keySchema": "WEB_{{secretKey}}"}), status)
+    assert setup.writes() == [("POST", SYNCS)]
+    assert len(setup.octopus.state.requests) == octopus_before
+
+    # A spec change: verified again, one PATCH with only what differs, Ready only after a new success.
+    status = await settle(
+        setup,
+        lambda s: setup.resource(s, generation=2, options={"keySchema": "APP_{{secretKey}}"}),
+        status,
+    )
+    writes = setup.writes()
+    assert writes[1][0] == "PATCH"
+    assert len(writes) == 2
+    patch = next(r for r in setup.infisical.state.requests if r.method == "PATCH")
+    assert set(patch.json) == {"syncOptions"}
+    assert status.condition("Ready").status == "True"  # type: ignore[union-attr]
+    assert setup.variables()["APP_DB_PASS"]["Value"] == "db-pass-value"
+
+
+async def test_crash_between_create_and_status_write_adopts(setup: Setup) -> None:
+    first = await setup.reconciler.reconcile(setup.resource())
+    assert first.status.id is not None
+    marker = OctopusDeploySecretSyncStatus.model_validate({"pendingCreate": setup.kube.patches[0]["pendingCreate"]})
+    second = await setup.reconciler.reconcile(setup.resource(marker))
+    assert second.status.id == first.status.id
+    assert setup.writes() == [("POST", SYNCS)]
+
+
+async def test_name_taken_by_a_sync_made_elsewhere_is_a_conflict(setup: Setup) -> None:
+    await setup.client.create_sync(
+        {
+            "name": "web",
+            "projectId": setup.infisical_project,
+            "connectionId": setup.kube.connections[("team", "octopus")]["status"]["id"],
+            "environment": "prod",
+            "secretPath": "/apps/web",
+            "isAutoSyncEnabled": False,
+            "syncOptions": {"initialSyncBehavior": "overwrite-destination"},
+            "destinationConfig": {"spaceId": "Spaces-1", "scope": "project", "projectId": "Projects-999"},
+        }
+    )
+    outcome = await setup.reconciler.reconcile(setup.resource())
+    assert outcome.error is not None
+    assert outcome.error.reason == "NameConflict"
+    assert "spec.syncName" in outcome.error.message
+
+
+async def test_a_conflicting_peer_stops_the_younger_sync_before_it_is_created(setup: Setup) -> None:
+    key = destination_key(setup.octopus.url, "Spaces-1", setup.project_id)
+    setup.peers[key] = [PeerSync("team/older", "uid-older", "2026-01-01T00:00:00Z", None, "prod")]
+    outcome = await setup.reconciler.reconcile(setup.resource(options={"keySchema": "WEB_{{secretKey}}"}))
+    verified = outcome.status.condition("DestinationVerified")
+    assert verified is not None
+    assert (verified.status, verified.reason) == ("False", "ConflictingSync")
+    assert "team/older" in verified.message
+    assert setup.writes() == []
+
+
+async def test_a_final_failure_is_reported_after_infisicals_retries(setup: Setup) -> None:
+    status = await settle(setup, lambda s: setup.resource(s), OctopusDeploySecretSyncStatus())
+    assert status.condition("Ready").status == "True"  # type: ignore[union-attr]
+    setup.octopus.state.projects.restrict(setup.key, "VariableEdit", projects=["Projects-999"])
+    requested = {"octoconn.dev/sync-requested-at": "1"}
+    status = await settle(setup, lambda s: setup.resource(s, annotations=requested), status)
+    synced = status.condition("Synced")
+    assert synced is not None
+    assert (synced.status, synced.reason) == ("False", "SyncFailed")
+    assert "Missing permission: VariableEdit" in synced.message
+    assert setup.key not in synced.message
+    assert status.last_sync_message is not None
+    assert not status.last_sync_message.startswith("{")
+
+
+@pytest.mark.parametrize("remove", [False, True])
+async def test_finalize_with_and_without_removal(setup: Setup, remove: bool) -> None:
+    status = await settle(setup, lambda s: setup.resource(s, removeSecrets=remove), OctopusDeploySecretSyncStatus())
+    assert "DB_PASS" in setup.variables()
+    res = setup.resource(status, removeSecrets=remove)
+    if remove:
+        with pytest.raises(RemovingSecrets):
+            await setup.reconciler.finalize(res)
+        assert setup.infisical.state.syncs.sync(status.id or "") is not None  # still there until Octopus is clean
+
+        async def done() -> bool:
+            try:
+                await setup.reconciler.finalize(res)
+            except RemovingSecrets:
+                return False
+            return True
+
+        await eventually(done, "the removal to finish")
+        assert "DB_PASS" not in setup.variables()
+    else:
+        events = await setup.reconciler.finalize(res)
+        assert [e.reason for e in events] == ["Deleted"]
+        assert setup.variables()["DB_PASS"]["Value"] == "db-pass-value"
+    assert setup.infisical.state.syncs.sync(status.id or "") is None
+
+
+async def test_orphan_and_paused_finalize_make_no_call(setup: Setup) -> None:
+    status = await settle(setup, lambda s: setup.resource(s), OctopusDeploySecretSyncStatus())
+    before = len(setup.infisical.state.requests)
+    events = await setup.reconciler.finalize(setup.resource(status, deletionPolicy="Orphan"))
+    assert [e.reason for e in events] == ["Orphaned"]
+    assert len(setup.infisical.state.requests) == before
+
+
+async def test_connection_not_ready_waits_without_calls(setup: Setup) -> None:
+    setup.kube.connections[("team", "octopus")]["status"]["conditions"][0]["status"] = "False"
+    before = len(setup.infisical.state.requests), len(setup.octopus.state.requests)
+    outcome = await setup.reconciler.reconcile(setup.resource())
+    synced = outcome.status.condition("Synced")
+    assert synced is not None
+    assert (synced.status, synced.reason) == ("Unknown", "ConnectionNotReady")
+    assert (len(setup.infisical.state.requests), len(setup.octopus.state.requests)) == before
+
+
+async def test_client_answers_for_missing_and_busy_syncs(setup: Setup) -> None:
+    missing = str(uuid.uuid4())
+    assert await setup.client.get_sync(missing) is None
+    assert await setup.client.delete_sync(missing, remove_secrets=False) is None
+    assert await setup.client.get_sync_by_name("nope", project_id=setup.infisical_project) is None
+    with pytest.raises(errors.InfisicalError):
+        await setup.client.trigger_sync(missing)
+    status = await settle(setup, lambda s: setup.resource(s), OctopusDeploySecretSyncStatus())
+    found = await setup.client.get_sync_by_name("web", project_id=setup.infisical_project)
+    assert isinstance(found, SecretSync)
+    assert found.id == status.id
+    assert found.environment == "prod"
+    assert found.secret_path == "/apps/web"
