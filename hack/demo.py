@@ -1,4 +1,4 @@
-"""octoconn end to end on this machine: register an Octopus API key in Infisical, rotate it, delete it.
+"""octoconn end to end on this machine: register an Octopus API key in Infisical, sync secrets, rotate, delete.
 
 Run from a fresh clone (``make demo`` does the same)::
 
@@ -8,9 +8,10 @@ Everything is local and thrown away at the end: a real etcd + kube-apiserver (bu
 cached), the Octopus Deploy and Infisical test doubles from tests/servers/ as separate processes, and the real
 operator (``python -m octoconn run``) configured for them, exactly as in a Pod. The demo applies
 examples/secret.yaml and examples/connection.yaml with the test server's URL and keys filled in, waits for
-``Ready=True``, shows what Infisical holds, rotates the key in the Secret, deletes the resource, and checks that
-Infisical no longer has the connection. It exits non-zero (with the operator's last log lines) when a step fails,
-and stops every process it started, also on Ctrl-C.
+``Ready=True``, shows what Infisical holds, then applies examples/secret-sync.yaml and shows a secret set in
+Infisical appearing in the Octopus project, rotates the key in the Secret, deletes both resources, and checks that
+Infisical no longer has the sync or the connection. It exits non-zero (with the operator's last log lines) when a
+step fails, and stops every process it started, also on Ctrl-C.
 
 Nothing secret is printed: API keys only by their Octopus-style hint (first 8 characters), never the Infisical
 client secret or access tokens.
@@ -61,15 +62,19 @@ from tests.cluster.operator_process import OperatorProcess  # noqa: E402
 from tests.envtest.binaries import KUBERNETES_VERSION, Binaries, cache_dir, ensure_binaries, expected_paths  # noqa: E402
 from tests.envtest.controlplane import ControlPlane, ControlPlaneError, KubectlError, child_preexec  # noqa: E402
 
-CRD_FILE = ROOT / "crds" / "octoconn.dev_octopusdeployconnections.yaml"
+CRD_DIR = ROOT / "crds"
 CRD_NAME = "octopusdeployconnections.octoconn.dev"
+SYNC_CRD_NAME = "octopusdeploysecretsyncs.octoconn.dev"
 SECRET_FILE = ROOT / "examples" / "secret.yaml"
 CONNECTION_FILE = ROOT / "examples" / "connection.yaml"
+SYNC_FILE = ROOT / "examples" / "secret-sync.yaml"
 NAMESPACE = "default"
 FIELD_MANAGER = "octoconn-demo"
 CLIENT_ID = "octoconn-demo-operator"
 CONNECTIONS_API = "/api/v1/app-connections/octopus-deploy"
-STEPS = 8
+SYNCS_API = "/api/v1/secret-syncs/octopus-deploy"
+INFISICAL_PROJECT = "5d1f6c3e-2b7a-4c0e-9f18-7a3b9e2d4c61"
+STEPS = 9
 
 T = TypeVar("T")
 
@@ -215,6 +220,45 @@ class InfisicalReader:
     def get(self, connection_id: str) -> httpx.Response:
         return self._client.get(f"{CONNECTIONS_API}/{connection_id}")
 
+    def get_sync(self, sync_id: str) -> httpx.Response:
+        return self._client.get(f"{SYNCS_API}/{sync_id}")
+
+    def set_secret(self, environment: str, path: str, key: str, value: str) -> None:
+        """What a person does in the Infisical UI: create the folders, then save the secret."""
+        parent = "/"
+        for name in [part for part in path.split("/") if part]:
+            folders = self._client.get(
+                "/api/v1/folders", params={"workspaceId": INFISICAL_PROJECT, "environment": environment, "path": parent}
+            )
+            if name not in [f.get("name") for f in folders.json().get("folders", [])]:
+                body = {"workspaceId": INFISICAL_PROJECT, "environment": environment, "name": name, "path": parent}
+                self._expect(self._client.post("/api/v1/folders", json=body), f"create folder {parent}{name}")
+            parent = f"{parent.rstrip('/')}/{name}"
+        body = {"workspaceId": INFISICAL_PROJECT, "environment": environment, "secretPath": path, "secretValue": value}
+        self._expect(self._client.post(f"/api/v3/secrets/raw/{key}", json=body), f"set secret {key}")
+
+    @staticmethod
+    def _expect(response: httpx.Response, what: str) -> None:
+        if response.status_code != 200:
+            raise DemoFailure(f"Infisical refused to {what}: HTTP {response.status_code} {response.text}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class OctopusReader:
+    """Reads the Octopus project's variables as the key's owner would; Octopus never returns sensitive values."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self._client = httpx.Client(base_url=url, timeout=10, headers={"X-Octopus-ApiKey": key})
+
+    def variables(self, project_id: str) -> list[dict[str, Any]]:
+        response = self._client.get(f"/api/Spaces-1/projects/{project_id}/variables")
+        if response.status_code != 200:
+            raise DemoFailure(f"Octopus answered HTTP {response.status_code} for the variables of {project_id}")
+        variables: list[dict[str, Any]] = response.json()["Variables"]
+        return variables
+
     def close(self) -> None:
         self._client.close()
 
@@ -232,7 +276,10 @@ class Demo:
         self.servers: list[ServerProcess] = []
         self.operator: OperatorProcess | None = None
         self.infisical: InfisicalReader | None = None
+        self.octopus: OctopusReader | None = None
         self.name = "octopus-prod"
+        self.sync_name = "web-prod"
+        self.octopus_project = ""
 
     # -- helpers
 
@@ -248,8 +295,12 @@ class Demo:
         proc = self.kubectl("get", "odc", self.name, "-n", NAMESPACE, "-o", "json", "--ignore-not-found")
         return json.loads(proc.stdout) if proc.stdout.strip() else None
 
-    def describe_status(self) -> str:
-        obj = self.odc()
+    def odss(self) -> dict[str, Any] | None:
+        proc = self.kubectl("get", "odss", self.sync_name, "-n", NAMESPACE, "-o", "json", "--ignore-not-found")
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+    def describe_status(self, read: Callable[[], dict[str, Any] | None] | None = None) -> str:
+        obj = (read or self.odc)()
         if obj is None:
             return "the resource does not exist"
         status = obj.get("status") or {}
@@ -259,9 +310,13 @@ class Demo:
         ]
         return "; ".join(conditions) or f"no conditions yet (status: {status or 'empty'})"
 
-    def ready_status(self, predicate: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any] | None:
+    def ready_status(
+        self,
+        predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+        read: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any] | None:
         """The status once Ready=True for the current generation and ``predicate`` holds, else None."""
-        obj = self.odc()
+        obj = (read or self.odc)()
         if obj is None:
             return None
         status: dict[str, Any] = obj.get("status") or {}
@@ -316,13 +371,15 @@ class Demo:
         octopus_url, keys, infisical_url, client_secret = self.step_servers()
         self.step_apply(octopus_url, keys[0])
         status = self.step_operator(infisical_url, client_secret)
+        self.octopus = OctopusReader(octopus_url, keys[0])
+        sync_status = self.step_sync()
         self.step_rotate(keys[1], status)
         if self.pause:
             self.out.info("")
-            self.out.info("Paused: look around with the KUBECONFIG above, then press Enter to delete the resource.")
+            self.out.info("Paused: look around with the KUBECONFIG above, then press Enter to delete the resources.")
             with contextlib.suppress(EOFError):  # no terminal (stdin closed): carry on
                 input()
-        self.step_delete(status["id"])
+        self.step_delete(status["id"], sync_status["id"])
 
     def step_binaries(self) -> Binaries:
         self.out.step(1, "Kubernetes binaries (etcd, kube-apiserver, kubectl)")
@@ -359,7 +416,10 @@ class Demo:
         octopus = ServerProcess(
             "Octopus test server",
             "tests.servers.octopus",
-            ["--port", "0", "--seed-key", keys[0], "--seed-key", keys[1]],
+            [
+                *("--port", "0", "--seed-key", keys[0], "--seed-key", keys[1]),
+                *("--seed-project", "Web", "--seed-environment", "Production"),
+            ],
             self.workdir / "octopus.log",
         )
         self.servers.append(octopus)
@@ -367,25 +427,33 @@ class Demo:
         infisical = ServerProcess(
             "Infisical test server",
             "tests.servers.infisical",
-            ["--port", "0", "--allow-internal-ips", "--client-id", CLIENT_ID, "--client-secret", client_secret],
+            [
+                *("--port", "0", "--allow-internal-ips", "--client-id", CLIENT_ID, "--client-secret", client_secret),
+                *("--project-id", INFISICAL_PROJECT),
+            ],
             self.workdir / "infisical.log",
         )
         self.servers.append(infisical)
         octopus_url = octopus.wait_for("octopus test server listening on", self.timeout)
+        self.octopus_project = octopus.wait_for("seeded:", self.timeout).split()[0]
         infisical_url = infisical.wait_for("infisical test server listening on", self.timeout)
         self.out.info(f"Octopus Deploy:  {octopus_url}  (two valid API keys for user admin: {key_hint(keys[0])} and")
         self.out.info(f"                 {key_hint(keys[1])}, the second one for the rotation)")
         self.out.info(f"Infisical:       {infisical_url}  (machine identity {CLIENT_ID}, Universal Auth;")
         self.out.info("                 loopback instance URLs allowed, like ALLOW_INTERNAL_IP_CONNECTIONS=true)")
+        self.out.info(
+            f"                 Infisical project {INFISICAL_PROJECT}; Octopus project Web ({self.octopus_project})"
+        )
         self.infisical = InfisicalReader(infisical_url, CLIENT_ID, client_secret)
         self.out.done("both servers answer")
         return octopus_url, keys, infisical_url, client_secret
 
     def step_apply(self, octopus_url: str, key: str) -> None:
         self.out.step(4, "Applying the CRD and the examples")
-        self.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-        self.out.info(f"CRD {CRD_NAME} established (kubectl get odc works now)")
+        self.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+        for crd in (CRD_NAME, SYNC_CRD_NAME):
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+        self.out.info(f"CRDs {CRD_NAME} and {SYNC_CRD_NAME} established (kubectl get odc,odss works now)")
         self.apply_secret(key)
         self.out.info(
             f"Secret octopus-api-key created (key {key_hint(key)}) from {SECRET_FILE.relative_to(ROOT)}, "
@@ -457,8 +525,73 @@ class Demo:
         self.out.done("status.id and status.credentialsHash match what Infisical holds")
         return status
 
+    def sensitive_names(self) -> dict[str, dict[str, Any]]:
+        assert self.octopus is not None
+        return {v["Name"]: v for v in self.octopus.variables(self.octopus_project) if v.get("IsSensitive")}
+
+    def step_sync(self) -> dict[str, Any]:
+        self.out.step(6, "Syncing secrets from Infisical into the Octopus project (OctopusDeploySecretSync)")
+        assert self.infisical is not None
+        doc = yaml.safe_load(SYNC_FILE.read_text())
+        self.sync_name = doc["metadata"]["name"]
+        source = doc["spec"]["source"]
+        source["projectId"] = INFISICAL_PROJECT
+        self.infisical.set_secret(source["environment"], source["secretPath"], "DB_PASS", secrets.token_urlsafe(12))
+        self.out.info(f"Infisical: secret DB_PASS saved in {source['environment']}:{source['secretPath']}")
+        self.kubectl(
+            "apply",
+            "--server-side",
+            f"--field-manager={FIELD_MANAGER}",
+            "-n",
+            NAMESPACE,
+            "-f",
+            "-",
+            input=yaml.safe_dump(doc),
+        )
+        self.out.info(
+            f"OctopusDeploySecretSync {self.sync_name} created from {SYNC_FILE.relative_to(ROOT)}, "
+            f"source.projectId: {INFISICAL_PROJECT}"
+        )
+        waited = time.monotonic()
+        status = wait_until(
+            lambda: self.ready_status(read=self.odss),
+            self.timeout,
+            f"{self.sync_name} to become Ready (Infisical waits up to 10 s before a sync, as upstream does)",
+            lambda: self.describe_status(self.odss),
+        )
+        destination = status.get("destination") or {}
+        self.out.info(
+            f"{self.sync_name} is Ready=True after {time.monotonic() - waited:.1f}s; sync id {status['id']}, "
+            f"Octopus project {destination.get('projectName')} -> {destination.get('projectId')}"
+        )
+        self.out.info("")
+        self.out.info(f"$ kubectl get odss -n {NAMESPACE}")
+        self.out.info(self.kubectl("get", "odss", "-n", NAMESPACE).stdout.rstrip())
+        self.out.info("")
+        variables = self.sensitive_names()
+        self.out.info(f"Octopus project {self.octopus_project} now has the sensitive variables {sorted(variables)}")
+        if "WEB_DB_PASS" not in variables:
+            raise DemoFailure(f"Octopus has no WEB_DB_PASS after the sync; sensitive variables: {sorted(variables)}")
+
+        self.infisical.set_secret(source["environment"], source["secretPath"], "GREETING", "hello from Infisical")
+        changed = time.monotonic()
+        self.out.info(f"Infisical: secret GREETING saved in {source['environment']}:{source['secretPath']}")
+        found = wait_until(
+            lambda: self.sensitive_names().get("WEB_GREETING"),
+            self.timeout,
+            "WEB_GREETING in the Octopus project (Infisical's auto-sync)",
+            lambda: f"sensitive variables {sorted(self.sensitive_names())}",
+        )
+        scope = found.get("Scope") or {}
+        self.out.info(
+            f"WEB_GREETING appeared in Octopus after {time.monotonic() - changed:.1f}s: Type {found.get('Type')}, "
+            f"scope {scope}, Value {found.get('Value')} (Octopus never returns sensitive values)"
+        )
+        self.out.done("a secret set in Infisical appears in the Octopus project")
+        return status
+
     def step_rotate(self, new_key: str, before: dict[str, Any]) -> None:
-        self.out.step(6, "Rotating the key: the Secret gets the second key")
+        self.out.step(7, "Rotating the key: the Secret gets the second key")
         version = self.apply_secret(new_key)
         changed = time.monotonic()
         self.out.info(f"Secret octopus-api-key updated (key {key_hint(new_key)}), resourceVersion {version}")
@@ -481,8 +614,21 @@ class Demo:
             raise DemoFailure("Infisical does not hold the rotated credentials under the same connection id")
         self.out.done("credentialsHash changed; same connection id, now with the new key")
 
-    def step_delete(self, connection_id: str) -> None:
-        self.out.step(7, f"Deleting {self.name} (deletionPolicy: Delete)")
+    def step_delete(self, connection_id: str, sync_id: str) -> None:
+        self.out.step(8, f"Deleting {self.sync_name}, then {self.name} (deletionPolicy: Delete)")
+        # The sync first: Infisical refuses to delete a connection that a sync still uses.
+        self.kubectl("delete", "odss", self.sync_name, "-n", NAMESPACE, "--wait=false")
+        wait_until(
+            lambda: True if self.odss() is None else None,
+            self.timeout,
+            f"{self.sync_name} to disappear",
+            lambda: self.describe_status(self.odss),
+        )
+        assert self.infisical is not None
+        response = self.infisical.get_sync(sync_id)
+        self.out.info(f"{self.sync_name} is gone; Infisical: GET {SYNCS_API}/{sync_id} -> {response.status_code}")
+        if response.status_code != 404:
+            raise DemoFailure(f"Infisical still has sync {sync_id} (HTTP {response.status_code})")
         self.kubectl("delete", "odc", self.name, "-n", NAMESPACE, "--wait=false")
         deleted = time.monotonic()
         wait_until(
@@ -503,7 +649,7 @@ class Demo:
         self.out.info(f"Infisical: GET {CONNECTIONS_API}/{connection_id} -> {response.status_code} {message}")
         if response.status_code != 404:
             raise DemoFailure(f"Infisical still has connection {connection_id} (HTTP {response.status_code})")
-        self.out.done("the connection was deleted in Infisical")
+        self.out.done("the sync and the connection were deleted in Infisical")
 
     def cleanup(self) -> None:
         """Stop everything this demo started, newest first; safe to call at any point, also twice."""
@@ -511,6 +657,9 @@ class Demo:
         if self.infisical is not None:
             self.infisical.close()
             self.infisical = None
+        if self.octopus is not None:
+            self.octopus.close()
+            self.octopus = None
         if self.operator is not None:
             with contextlib.suppress(Exception):
                 self.operator.stop()
@@ -553,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = Demo(timeout=args.timeout, pause=args.pause)
     say("octoconn demo: an Octopus Deploy API key in a Kubernetes Secret becomes an Infisical App Connection,")
-    say("then the key is rotated and the resource deleted. Everything runs locally and is removed at the end.")
+    say("a secret sync writes Infisical secrets into an Octopus project, then the key is rotated and both resources")
+    say("deleted. Everything runs locally and is removed at the end.")
     code = 1
     failure: str | None = None
     try:
@@ -577,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         # and then the kernel kills the children (PR_SET_PDEATHSIG).
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        demo.out.step(8, "Cleaning up")
+        demo.out.step(9, "Cleaning up")
         demo.cleanup()
         demo.out.done("nothing left running")
     if code == 0:

@@ -125,13 +125,13 @@ def demo(tmp_path: Path) -> DemoRun:
     return DemoRun(cwd=tmp_path)
 
 
-def test_demo_registers_rotates_and_deletes_then_cleans_up(demo: DemoRun) -> None:
+def test_demo_registers_syncs_rotates_and_deletes_then_cleans_up(demo: DemoRun) -> None:
     code = demo.finish(RUN_TIMEOUT)
     out = demo.output
 
     assert code == 0, out
-    steps = re.findall(r"^\[\s*[\d.]+s\] (\d)/8 ", out, re.MULTILINE)
-    assert steps == [str(n) for n in range(1, 9)], out
+    steps = re.findall(r"^\[\s*[\d.]+s\] (\d)/9 ", out, re.MULTILINE)
+    assert steps == [str(n) for n in range(1, 10)], out
     assert "Traceback" not in out
     # Step 5: Ready with an id, the same id in `kubectl get odc` and in Infisical.
     ready = re.search(rf"octopus-prod is Ready=True after [\d.]+s; connection id ({UUID})", out)
@@ -140,14 +140,26 @@ def test_demo_registers_rotates_and_deletes_then_cleans_up(demo: DemoRun) -> Non
     assert re.search(rf"^\s+octopus-prod\s+True\s+Available\s+{connection_id}\s", out, re.MULTILINE), out
     assert f"id:              {connection_id}" in out  # as read back from Infisical
     assert "OK: status.id and status.credentialsHash match what Infisical holds" in out
-    # Step 6: the hash changed after the rotation.
+    # Step 6: the secret sync is Ready, and a secret set in Infisical afterwards appears in the Octopus project.
+    sync = re.search(
+        rf"web-prod is Ready=True after [\d.]+s; sync id ({UUID}), Octopus project Web -> Projects-\d+", out
+    )
+    assert sync, out
+    assert re.search(
+        r"^\s+web-prod\s+True\s+Available\s+octopus-prod\s+Projects-\d+\s+succeeded\s", out, re.MULTILINE
+    ), out
+    assert re.search(r"WEB_GREETING appeared in Octopus after [\d.]+s: Type Sensitive", out), out
+    assert "OK: a secret set in Infisical appears in the Octopus project" in out
+    assert "Value None (Octopus never returns sensitive values)" in out
+    # Step 7: the hash changed after the rotation.
     before = re.search(rf"credentialsHash before: ({HASH})", out)
     after = re.search(rf"credentialsHash after:  ({HASH})", out)
     assert before, out
     assert after, out
     assert before.group(1) != after.group(1)
     assert re.search(r"status\.secretResourceVersion = \d+ after", out), out
-    # Step 7: the resource is gone and Infisical answers 404 for its connection.
+    # Step 8: both resources are gone and Infisical answers 404 for the sync and the connection.
+    assert f"web-prod is gone; Infisical: GET /api/v1/secret-syncs/octopus-deploy/{sync.group(1)} -> 404" in out
     assert "octopus-prod is gone after" in out
     assert f"/{connection_id} -> 404 " in out
     assert "Demo finished in" in out
@@ -170,6 +182,6 @@ def test_demo_interrupted_mid_way_stops_everything(demo: DemoRun) -> None:
     code = demo.finish(120)
 
     assert code == 130, demo.output
-    assert "Interrupted in step 5/8" in demo.output
-    assert "8/8 Cleaning up" in demo.output
+    assert "Interrupted in step 5/9" in demo.output
+    assert "9/9 Cleaning up" in demo.output
     demo.assert_nothing_left()
