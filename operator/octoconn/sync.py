@@ -485,6 +485,8 @@ class SyncReconciler:
             assert connection.status.id is not None  # a Ready connection has one
             desired = desired_body(res, connection.status.id, status.destination)
             remote, action = await self._write(res, status, store, remote, desired, now)
+            if action is not None:
+                status.handled_sync_request = res.sync_request  # the write itself runs a sync
             remote = await self._requested_sync(res, status, store, remote)
         except (errors.OctopusError, errors.ConflictingSync) as exc:
             return self._destination_failed(res, status, now, exc)
@@ -748,9 +750,11 @@ class SyncReconciler:
     async def _requested_sync(
         self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore, remote: SecretSync
     ) -> SecretSync:
-        """A new ``octoconn.dev/sync-requested-at`` value asks Infisical for a sync now."""
+        """A new ``octoconn.dev/sync-requested-at`` value asks Infisical for a sync now (so does a sync that never
+        ran: with auto-sync off, Infisical runs none by itself)."""
         request = res.sync_request
-        if request is None or request == res.status.handled_sync_request:
+        never_synced = remote.sync_status is None  # auto-sync off and the sync after our write did not start
+        if not never_synced and (request is None or request == status.handled_sync_request):
             return remote
         triggered = await store.trigger_sync(remote.id)
         if triggered is None:

@@ -328,3 +328,20 @@ async def test_client_answers_for_missing_and_busy_syncs(setup: Setup) -> None:
     assert found.id == status.id
     assert found.environment == "prod"
     assert found.secret_path == "/apps/web"
+
+
+async def test_without_auto_sync_the_operator_runs_the_first_sync_and_requests_once(setup: Setup) -> None:
+    def res(status: OctopusDeploySecretSyncStatus, request: str | None = None) -> SyncResource:
+        annotations = {"octoconn.dev/sync-requested-at": request} if request else None
+        return setup.resource(status, annotations=annotations, options={"autoSync": False})
+
+    status = await settle(setup, res, OctopusDeploySecretSyncStatus())
+    assert status.condition("Ready").status == "True"  # type: ignore[union-attr]
+    assert setup.writes() == [("POST", SYNCS), ("POST", f"{SYNCS}/{status.id}/sync-secrets")]
+
+    setup.infisical.state.secrets.set_secret(setup.infisical_project, "prod", "/apps/web", "DB_PASS", "second")
+    status = await settle(setup, lambda s: res(s, "2026-01-02"), status)
+    status = await settle(setup, lambda s: res(s, "2026-01-02"), status)  # the same value again: no new request
+    assert status.handled_sync_request == "2026-01-02"
+    assert setup.writes().count(("POST", f"{SYNCS}/{status.id}/sync-secrets")) == 2
+    assert setup.variables()["DB_PASS"]["Value"] == "second"
