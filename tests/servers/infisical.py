@@ -1966,4 +1966,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m`` this file is ``__main__``, a second copy of the module: the secrets and syncs modules raise
+    # ``tests.servers.infisical.ApiError``, which only the canonical module's dispatcher catches. Run that one.
+    from tests.servers.infisical import main as canonical_main
+
+    sys.exit(canonical_main())
