@@ -4,6 +4,7 @@ double runs syncs in the background and really PUTs to the Octopus double), and 
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -92,6 +93,20 @@ class World:
                 return
             time.sleep(0.25)
         raise AssertionError(f"Octopus never showed {what}; variables: {sorted(self.variables())}")
+
+    def infisical_requests_of(self, name: str, *, since: int) -> list[tuple[str, str]]:
+        """Secret-sync requests that can only be this sync's: by its name, or by the id Infisical gave it."""
+        ids = {s["id"] for s in self.syncs_in_infisical() if s["name"] == name}
+        return [
+            (r.method, r.path)
+            for r in self.remotes.infisical.state.requests[since:]
+            if r.path.startswith(SYNCS)
+            and (
+                r.path.endswith(f"/sync-name/{name}")
+                or (isinstance(r.json, dict) and r.json.get("name") == name)
+                or any(i in r.path for i in ids)
+            )
+        ]
 
     def syncs_in_infisical(self) -> list[dict[str, Any]]:
         return [s for s in self.remotes.infisical.state.syncs.all() if s["projectId"] == self.infisical_project]
@@ -256,13 +271,20 @@ def test_orphan_leaves_the_sync_running(world: World) -> None:
 def test_a_paused_sync_makes_no_call(world: World) -> None:
     infisical_before = len(world.remotes.infisical.state.requests)
     octopus_before = len(world.remotes.octopus.state.requests)
-    world.syncs.apply("paused", world.spec(), annotations={"octoconn.dev/paused": "true"})
+    # By project id: any pass that is not paused reads /api/Spaces-1/projects/<id> first. (The session operator keeps
+    # serving earlier tests' resources meanwhile, so only requests that can be this sync's are looked at.)
+    spec = world.spec(destination={"space": "Spaces-1", "project": world.project_id})
+    world.syncs.apply("paused", spec, annotations={"octoconn.dev/paused": "true"})
     world.syncs.wait_condition("paused", "Synced", "False", "ReconcilePaused")
-    assert world.remotes.infisical.state.requests[infisical_before:] == []
-    assert world.remotes.octopus.state.requests[octopus_before:] == []
+    octopus = [
+        r.path for r in world.remotes.octopus.state.requests[octopus_before:] if world.project_id in r.path.split("/")
+    ]
+    assert octopus == []
+    assert world.infisical_requests_of("paused", since=infisical_before) == []
 
     world.syncs.patch("paused", {"metadata": {"annotations": {"octoconn.dev/paused": None}}})
     ready(world.syncs, "paused")
+    assert world.infisical_requests_of("paused", since=infisical_before)  # the same filter sees a working sync
 
 
 def test_sync_requested_at_triggers_a_sync_now(world: World) -> None:
@@ -331,9 +353,30 @@ def test_a_restart_makes_no_write(restartable: tuple[Kube, OperatorProcess], rem
         assert time.monotonic() < deadline, "the restarted operator never read the sync back"
         time.sleep(0.25)
     time.sleep(2)  # a negative check: give a (wrong) write that would follow the read time to happen
-    after = remotes.infisical.state.requests[infisical_before:]
-    # A new process logs in once; apart from that, reads only: no create, update or sync request.
-    assert [(r.method, r.path) for r in after if r.method != "GET" and not r.path.startswith("/api/v1/auth/")] == []
-    assert remotes.octopus.state.requests[octopus_before:] == []  # the destination was verified before the restart
+    # The session operator may still serve earlier tests' resources: look only at what can be this sync's.
+    assert [m for m, _ in world.infisical_requests_of("steady", since=infisical_before) if m != "GET"] == []
+    # The destination was verified before the restart: no call to Octopus about this project.
+    assert [
+        r.path for r in remotes.octopus.state.requests[octopus_before:] if world.project_id in r.path.split("/")
+    ] == []
     assert remotes.octopus.state.projects.version(world.project_id) == version
     assert world.syncs.condition("steady", "Ready")["status"] == "True"  # type: ignore[index]
+
+
+def test_no_key_or_secret_value_in_logs_events_status_or_annotations(world: World, operator: OperatorProcess) -> None:
+    """A sync's whole life, including a failure whose message comes from Octopus, then a scan of what was written."""
+    world.syncs.apply("leak-check", world.spec(options={"keySchema": "LEAK_{{secretKey}}"}), annotations={})
+    ready(world.syncs, "leak-check")
+    world.remotes.octopus.state.projects.restrict(world.key, "VariableEdit", projects=["Projects-999999"])
+    world.syncs.patch("leak-check", {"metadata": {"annotations": {"octoconn.dev/sync-requested-at": "leak"}}})
+    obj = world.syncs.wait_condition("leak-check", "Synced", "False", "SyncFailed", timeout=90)
+    texts = [operator.log_text(), repr(obj.get("status")), repr(obj["metadata"].get("annotations"))]
+    texts += [f"{e.reason} {e.message}" for e in world.kube.events()]
+    world.syncs.delete("leak-check")
+    world.syncs.wait_gone("leak-check")
+    texts.append(operator.log_text())
+    secrets = [*world.remotes.issued_secrets, *world.remotes.infisical.state.issued_access_tokens()]
+    assert "s3cret-db-pass" in secrets
+    blob = "\n".join(texts)
+    assert [s[:6] + "..." for s in secrets if s in blob] == []
+    assert [s[:6] + "..." for s in secrets if base64.b64encode(s.encode()).decode() in blob] == []
