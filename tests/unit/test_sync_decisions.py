@@ -266,3 +266,23 @@ def test_readable_message_masks_keys_and_is_bounded() -> None:
     assert "ABCDEFGH" not in text
     assert "s3cr3t-value" not in text
     assert len(readable_message("x" * 5000)) == 1024
+
+
+# --- the status memory serves both kinds ---------------------------------------------------------------------------
+class _Kube:
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, plural: str
+    ) -> dict[str, Any] | None:
+        return {"metadata": {"namespace": namespace, "name": name, "uid": plural}, "status": dict(status)}
+
+
+async def test_status_memory_keeps_a_connection_and_a_sync_of_one_name_apart() -> None:
+    from octoconn.runtime import StatusMemory
+    from octoconn.sync_models import PLURAL
+
+    memory = StatusMemory(_Kube())  # type: ignore[arg-type]
+    await memory.patch_status("ns", "web", {"id": "sync-1"}, plural=PLURAL)
+    stale_sync = {"metadata": {"namespace": "ns", "name": "web", "uid": PLURAL}, "status": {}}
+    connection = {"metadata": {"namespace": "ns", "name": "web", "uid": "octopusdeployconnections"}, "status": {}}
+    assert memory.view(stale_sync, plural=PLURAL)["status"] == {"id": "sync-1"}  # our own write, not the stale body
+    assert memory.view(connection)["status"] == {}  # the connection named web is another object
