@@ -30,7 +30,7 @@ fmt: ## format and auto-fix
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
-crds: ## regenerate crds/ and the chart's copy from operator/octoconn/models.py
+crds: ## regenerate crds/ and the chart's copy from operator/octoconn/models.py and sync_models.py
 	$(UV) run --frozen python -m octoconn.crd --write crds helm/octoconn/crds
 
 cluster: setup ## start a local control plane (etcd + kube-apiserver) and print its KUBECONFIG; Ctrl-C stops it

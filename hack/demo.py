@@ -62,7 +62,9 @@ from tests.cluster.operator_process import OperatorProcess  # noqa: E402
 from tests.envtest.binaries import KUBERNETES_VERSION, Binaries, cache_dir, ensure_binaries, expected_paths  # noqa: E402
 from tests.envtest.controlplane import ControlPlane, ControlPlaneError, KubectlError, child_preexec  # noqa: E402
 
-CRD_DIR = ROOT / "crds"
+CRD_FILES = [
+    ROOT / "crds" / f"octoconn.dev_{plural}.yaml" for plural in ("octopusdeployconnections", "octopusdeploysecretsyncs")
+]
 CRD_NAME = "octopusdeployconnections.octoconn.dev"
 SYNC_CRD_NAME = "octopusdeploysecretsyncs.octoconn.dev"
 SECRET_FILE = ROOT / "examples" / "secret.yaml"
@@ -450,7 +452,7 @@ class Demo:
 
     def step_apply(self, octopus_url: str, key: str) -> None:
         self.out.step(4, "Applying the CRD and the examples")
-        self.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+        self.kubectl("apply", "--server-side", *(arg for f in CRD_FILES for arg in ("-f", str(f))))
         for crd in (CRD_NAME, SYNC_CRD_NAME):
             self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
         self.out.info(f"CRDs {CRD_NAME} and {SYNC_CRD_NAME} established (kubectl get odc,odss works now)")
