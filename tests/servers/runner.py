@@ -15,6 +15,8 @@ from typing import Self
 
 from aiohttp import web
 
+_SHUTDOWN_SECONDS = 2.0
+
 
 class ServerThread:
     """Serve ``app_factory()`` on 127.0.0.1 until ``stop()``; ``port`` is chosen by the OS unless given."""
@@ -46,7 +48,9 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self._app_factory(), access_log=None)
+        # No graceful drain on stop: a background job of one test server (a secret sync's calls into the Octopus
+        # double) may still hold a request or keep-alive connection, and aiohttp would wait up to a minute for it.
+        self._runner = web.AppRunner(self._app_factory(), access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
         await site.start()
