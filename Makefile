@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-cluster lint fmt crds cluster demo image clean
+.PHONY: help setup test test-unit test-cluster lint fmt crds cluster demo image bench bench-paced clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -41,6 +41,13 @@ demo: setup ## the operator's main job end to end on a local control plane and t
 
 image: ## build the operator image with podman, no daemon or registry needed (IMAGE=..., PYTHON_IMAGE=...)
 	@bash hack/image.sh build
+
+bench: setup ## the scale benchmark at 1 and 1000 resources, each figure beside its target (bench/README.md)
+	$(UV) run --frozen python bench/operator_scale.py --resources 1
+	$(UV) run --frozen python bench/operator_scale.py --resources 1000 --samples 0
+
+bench-paced: setup ## 500 creates with the default paces against Infisical Cloud's limits (takes about 5 minutes)
+	$(UV) run --frozen python bench/operator_scale.py --resources 500 --paced
 
 clean: ## remove local state (not the binary cache)
 	rm -rf .cluster .pytest_cache .mypy_cache .ruff_cache

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Kopf imports the official Kubernetes client's models whenever the package is installed (to recognise its
+    # objects, which the operator never hands it): about 10 MiB and seconds of start-up for nothing. Hide it; the
+    # one login path that needs it (exec-plugin kubeconfigs, octoconn.kube.load_connection) imports it then.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     import kopf  # imported here so `octoconn check`/`version` start fast
 
     from octoconn import handlers  # noqa: F401 - registers the handlers with Kopf

@@ -5,32 +5,54 @@
 - spec/annotation changes, changes of a referenced Secret, and changes of a sync's connection wake that loop at once;
 - a delete handler per kind, behind our own finalizer, honours ``deletionPolicy``.
 
+Kubernetes writes are kept to two per new connection: Kopf's first patch (the finalizer, which the daemon needs, and
+our create marker, added by ``watch_connections`` to the same patch) and the status the first pass writes. Kopf's
+diff-base annotation is not written at all (``NoDiffBase``): there are no create/update handlers that would need it.
+
 Secrets are watched with an *event* handler only: Kopf create/update handlers on Secrets would copy the Secret
 (API key included) into an annotation on the user's Secret.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
 
-from octoconn.conditions import Event
-from octoconn.kube import KubeClient, load_api_client
-from octoconn.models import GROUP, PLURAL, VERSION
+from octoconn.conditions import Event, utcnow
+from octoconn.kube import KubeClient, login  # noqa: F401 - login registers Kopf's login handler
+from octoconn.models import ANNOTATION_PENDING_CREATE, FINALIZER, GROUP, OPERATOR_PREFIX, PLURAL, VERSION
+from octoconn.reconcile import Resource, new_marker
 from octoconn.runtime import EventSink, Lifecycle, R, Runtime
 from octoconn.settings import load_settings
 from octoconn.sync import PeerSync, destination_key
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
-FINALIZER = f"{GROUP}/finalizer"
-# Kopf ignores every annotation under the prefix of its own storage when it diffs objects, so the bookkeeping
-# lives on a sub-domain: the user-facing octoconn.dev/paused and octoconn.dev/reconcile-requested-at annotations
-# must stay visible to the update handler.
-STORAGE_PREFIX = f"operator.{GROUP}"
+# Kopf's progress annotations (written only while a deletion is retried) live on a sub-domain, apart from the
+# annotations users set (octoconn.dev/paused, octoconn.dev/reconcile-requested-at).
+STORAGE_PREFIX = OPERATOR_PREFIX
 ODC = (GROUP, VERSION, PLURAL)
 ODSS = (GROUP, VERSION, SYNC_PLURAL)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf stores each object's last handled spec in an annotation as soon as any change handler exists (our delete
+    handler counts): a second write for every new object, only to detect spec changes. ``watch_connections`` and
+    ``watch_syncs`` do that from the watch events instead (``Runtime.observe``), so every object looks unchanged to
+    Kopf and nothing is stored. The storage is operator-wide: Kopf's on.update handlers would never fire, for any
+    kind, so there are none."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 @kopf.on.startup()
@@ -38,16 +60,14 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     config = load_settings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=STORAGE_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Our Events are posted on condition transitions (reconcile.transition_events). Kopf would also turn every
     # INFO log line of an object ("reconciled", "handler succeeded") into an Event; keep only its errors, such as
     # a finalizer that cannot finish.
     settings.posting.level = logging.ERROR
     settings.watching.server_timeout = 300
     settings.peering.lifetime = config.peering_lifetime_seconds  # unused with --standalone
-    memo.runtime = Runtime.build(config, KubeClient(load_api_client()))
+    memo.runtime = Runtime.build(config, KubeClient())
     await memo.runtime.serve_metrics()
     logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)
 
@@ -68,9 +88,21 @@ async def reconcile_loop(
     await runtime.loop(runtime.connections, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
 
 
-@kopf.on.update(*ODC, id="wake-on-change")
-def wake_on_change(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    memo.runtime.kick(namespace or "", name)
+@kopf.on.event(*ODC, id="watch-connections")
+def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    # Kopf adds the finalizer in this very cycle: the create marker rides in the same patch.
+    if not (FINALIZER in (meta.get("finalizers") or []) or meta.get("deletionTimestamp") or status.get("id")) and (
+        ANNOTATION_PENDING_CREATE not in annotations
+    ):
+        res = Resource.from_body(body)
+        marker = new_marker(res.spec, res.name, utcnow())
+        memo.runtime.reconciler.remember_marker(res.uid, marker)
+        # As a transformation, not a merge patch: Kopf sends those together with its finalizer in one JSON patch,
+        # whereas a merge patch goes out first, as a request of its own, and makes the finalizer patch conflict.
+        patch.fns.append(functools.partial(_set_annotation, ANNOTATION_PENDING_CREATE, marker))
+    memo.runtime.observe(body)
 
 
 @kopf.index(*ODC, id="by_secret")
@@ -96,6 +128,7 @@ def _referenced(type: str | None, namespace: str | None, name: str, **kwargs: An
 @kopf.on.event("", "v1", "secrets", id="wake-on-secret", when=_referenced)
 def wake_on_secret(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     index: kopf.Index[tuple[str | None, str], str] = kwargs["by_secret"]
+    memo.runtime.secret_changed(namespace or "", name)
     for odc in index.get((namespace, name), []):
         memo.runtime.kick(namespace or "", odc)
 
@@ -115,9 +148,10 @@ async def sync_loop(
     await runtime.loop(runtime.syncs, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
 
 
-@kopf.on.update(*ODSS, id="wake-on-change")
-def wake_sync_on_change(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    memo.runtime.kick(namespace or "", name, plural=SYNC_PLURAL)
+@kopf.on.event(*ODSS, id="watch-syncs")
+def watch_syncs(body: kopf.Body, memo: Any, **_: Any) -> None:
+    # Kopf's update handlers never fire without a diff base (NoDiffBase): syncs wake from the watch events too.
+    memo.runtime.observe(body, plural=SYNC_PLURAL)
 
 
 @kopf.index(*ODSS, id="syncs_by_connection")
@@ -168,6 +202,10 @@ async def _finalize(runtime: Runtime, kind: Lifecycle[R], body: kopf.Body, retry
     if blocked is not None:
         error, delay = blocked
         raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=delay)
+
+
+def _set_annotation(key: str, value: str, body: dict[str, Any]) -> None:
+    body.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
 
 
 def _emitter(body: kopf.Body) -> EventSink:

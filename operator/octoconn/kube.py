@@ -1,120 +1,252 @@
-"""The operator's own Kubernetes calls: read a Secret, patch status, mint a ServiceAccount token.
+"""The operator's own Kubernetes calls: read a Secret, patch status and annotations, mint a ServiceAccount token.
 
-Kopf does the watching; these are the few direct calls. They use the official ``kubernetes`` client (which
-knows every kubeconfig and in-cluster auth flavour, including refreshing projected tokens) through one
-long-lived ``ApiClient``, run in worker threads so the event loop never blocks on HTTP.
+Kopf does the watching; these are the few direct calls, made with one long-lived ``httpx.AsyncClient`` on the event
+loop. The official ``kubernetes`` client is not imported for them: its models cost start-up time and memory, and
+its synchronous calls need worker threads. Credentials come from the same place as Kopf's (``load_connection``,
+also registered as Kopf's login handler): the in-cluster ServiceAccount, else the kubeconfig. A kubeconfig whose
+user needs an exec plugin or an auth provider is read through the official client, imported only then. A 401 makes
+the client read its credentials again once (projected ServiceAccount tokens rotate).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-from collections.abc import Mapping
+import dataclasses
+import logging
+import os
+import ssl
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+import httpx
+import kopf
 
+from octoconn import __version__, httputil  # noqa: F401 - httputil also makes httpx cheaper per request
 from octoconn.models import GROUP, PLURAL, VERSION
 from octoconn.reconcile import SecretData
+
+log = logging.getLogger(__name__)
+
+_SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+_TIMEOUT = 30.0
 
 
 class KubeError(Exception):
     """A Kubernetes API call failed; the message carries the status and reason, never object data."""
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster config when running in a Pod, else the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.ApiClient(configuration)
+def load_connection(
+    logger: logging.Logger | logging.LoggerAdapter[Any] = log, *, kubeconfig: str | None = None
+) -> kopf.ConnectionInfo:
+    """In-cluster credentials when running in a Pod, else the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``).
+
+    ``kubeconfig``: this file instead (tests and tools; the operator itself never passes one)."""
+    settings = kopf.OperatorSettings()
+    if kubeconfig is not None:
+        previous = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = kubeconfig
+        try:
+            found = kopf.login_with_kubeconfig(settings=settings)
+        finally:
+            if previous is None:
+                del os.environ["KUBECONFIG"]
+            else:
+                os.environ["KUBECONFIG"] = previous
+        if found is None:
+            raise kopf.LoginError(f"No credentials in {kubeconfig}")
+        return found
+    if os.path.exists(_SERVICE_ACCOUNT_TOKEN):
+        info = kopf.login_with_service_account(settings=settings)
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if info is not None and host and port:
+            # As client-go does: the service's address from the environment, no cluster DNS needed.
+            host = f"[{host}]" if ":" in host else host
+            info = dataclasses.replace(info, server=f"https://{host}:{port}")
+        if info is not None:
+            return info
+    info = kopf.login_with_kubeconfig(settings=settings)
+    if info is not None and (info.token or info.certificate_path or info.certificate_data or info.username):
+        return info
+    # exec plugins and auth providers: only the official client knows them all (the CLI hides it until now).
+    if "kubernetes" in sys.modules and sys.modules["kubernetes"] is None:
+        del sys.modules["kubernetes"]
+    info = kopf.login_via_client(logger=logger, settings=settings)
+    if info is None:
+        raise kopf.LoginError("No Kubernetes credentials: neither a ServiceAccount token nor a usable kubeconfig")
+    return info
 
 
-def _describe(exc: ApiException) -> str:
-    # Never include exc.body for Secrets: it could echo data. Status and reason are enough to act on.
-    return f"HTTP {exc.status} {exc.reason}"
+@kopf.on.login(id="kubernetes-credentials")
+def login(logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf's own login, from the same source as ours (Kopf would otherwise import the official client for it)."""
+    return load_connection(logger)
+
+
+def _data(value: str | bytes) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    # kubeconfig *-data fields are base64; a login handler may hand over PEM as it is.
+    return raw if raw.startswith(b"-----BEGIN ") else base64.b64decode(raw)
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context()
+    if info.ca_path:
+        ctx.load_verify_locations(cafile=os.fsdecode(info.ca_path))
+    elif info.ca_data:
+        ctx.load_verify_locations(cadata=_data(info.ca_data).decode())
+    cert, key = info.certificate_path, info.private_key_path
+    if info.certificate_data or info.private_key_data:
+        # ssl only loads a certificate chain from files: write them for the call, then remove them.
+        with tempfile.TemporaryDirectory(prefix="octoconn-") as tmp:
+            cert_file, key_file = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+            with open(cert_file, "wb") as handle:
+                handle.write(_data(info.certificate_data) if info.certificate_data else b"")
+            with open(key_file, "wb") as handle:
+                handle.write(_data(info.private_key_data) if info.private_key_data else b"")
+            ctx.load_cert_chain(
+                cert_file if info.certificate_data else os.fsdecode(cert or ""),
+                key_file if info.private_key_data else os.fsdecode(key or ""),
+            )
+    elif cert:
+        ctx.load_cert_chain(os.fsdecode(cert), os.fsdecode(key) if key else None)
+    return ctx
+
+
+def _http_client(info: kopf.ConnectionInfo) -> httpx.AsyncClient:
+    headers = {"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"}
+    if info.token:
+        headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+    auth = httpx.BasicAuth(info.username, info.password or "") if info.username else None
+    return httpx.AsyncClient(
+        base_url=info.server.rstrip("/"),
+        headers=headers,
+        auth=auth,
+        verify=_ssl_context(info),
+        timeout=_TIMEOUT,
+        trust_env=info.trust_env,
+    )
+
+
+def _describe(response: httpx.Response) -> str:
+    # Never include the body: for Secrets it could echo data. Status and reason are enough to act on.
+    return f"HTTP {response.status_code} {response.reason_phrase}"
 
 
 class KubeClient:
     """The ``SecretReader``, ``StatusWriter`` and ``ConnectionReader`` ports of ``reconcile`` and ``sync``."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self._api = api
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
+    def __init__(self, connect: Callable[[], kopf.ConnectionInfo] = load_connection) -> None:
+        self._connect = connect
+        self._http: httpx.AsyncClient | None = None
+        self._retired: list[httpx.AsyncClient] = []
+
+    async def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        for attempt in (1, 2):
+            if self._http is None:
+                try:
+                    self._http = _http_client(self._connect())
+                except (OSError, ssl.SSLError, ValueError, binascii.Error, kopf.LoginError) as exc:
+                    raise KubeError(f"{what} failed: no usable Kubernetes credentials ({type(exc).__name__})") from None
+            http = self._http
+            try:
+                response = await http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise KubeError(f"{what} failed: {type(exc).__name__}") from None
+            if response.status_code == 401 and attempt == 1:
+                # The token may have rotated: read the credentials again, once.
+                self._http = None
+                self._retired.append(http)
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
-        try:
-            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeError(f"reading Secret {namespace}/{name} failed: {_describe(exc)}") from None
-        meta = secret.metadata
-        text, undecodable = decode_secret_data({k: str(v) for k, v in (secret.data or {}).items()})
+        what = f"reading Secret {namespace}/{name}"
+        response = await self._request("GET", f"/api/v1/namespaces/{_seg(namespace)}/secrets/{_seg(name)}", what)
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise KubeError(f"{what} failed: {_describe(response)}")
+        secret = response.json()
+        text, undecodable = decode_secret_data({k: str(v) for k, v in (secret.get("data") or {}).items()})
         return SecretData(
-            resource_version=(meta.resource_version if meta else None) or "",
+            resource_version=str((secret.get("metadata") or {}).get("resourceVersion") or ""),
             data=text,
             undecodable=undecodable,
         )
 
     async def read_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
         """An OctopusDeployConnection as the API server has it now (the ``ConnectionReader`` port of ``sync``)."""
-        try:
-            body = await asyncio.to_thread(
-                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeError(f"reading OctopusDeployConnection {namespace}/{name} failed: {_describe(exc)}") from None
-        return dict(body) if isinstance(body, dict) else None
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{_seg(namespace)}/{PLURAL}/{_seg(name)}"
+        what = f"reading OctopusDeployConnection {namespace}/{name}"
+        response = await self._request("GET", path, what)
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise KubeError(f"{what} failed: {_describe(response)}")
+        body = response.json()
+        return body if isinstance(body, dict) else None
 
     async def patch_status(
         self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str = PLURAL
     ) -> dict[str, Any] | None:
         """Merge-patch the status; return the object as stored afterwards (None when it is gone)."""
-        try:
-            stored = await asyncio.to_thread(
-                self._custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                {"status": dict(status)},
-                field_manager="octoconn",
-                _content_type="application/merge-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None  # deleted meanwhile: nothing left to record
-            raise KubeError(f"patching status of {namespace}/{name} failed: {_describe(exc)}") from None
+        return await self._patch(namespace, name, "/status", {"status": dict(status)}, "status", plural=plural)
+
+    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        """Set (or, with None, remove) the operator's own annotations on the resource."""
+        await self._patch(namespace, name, "", {"metadata": {"annotations": dict(annotations)}}, "annotations")
+
+    async def _patch(
+        self, namespace: str, name: str, sub: str, body: dict[str, Any], what: str, *, plural: str = PLURAL
+    ) -> dict[str, Any] | None:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{_seg(namespace)}/{plural}/{_seg(name)}{sub}"
+        response = await self._request(
+            "PATCH",
+            path,
+            f"patching {what} of {namespace}/{name}",
+            json=body,
+            params={"fieldManager": "octoconn"},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        if response.status_code == 404:
+            return None  # deleted meanwhile: nothing left to record
+        if not response.is_success:
+            raise KubeError(f"patching {what} of {namespace}/{name} failed: {_describe(response)}")
+        stored = response.json()
         return stored if isinstance(stored, dict) else None
 
     async def service_account_token(self, namespace: str, name: str, *, audience: str | None, ttl_seconds: int) -> str:
         """A short-lived token for the ServiceAccount (TokenRequest), as Infisical's own operator sends."""
-        body = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(
-                audiences=[audience] if audience else [],
-                expiration_seconds=ttl_seconds,
-            )
-        )
-        try:
-            result = await asyncio.to_thread(self._core.create_namespaced_service_account_token, name, namespace, body)
-        except ApiException as exc:
-            raise KubeError(f"TokenRequest for ServiceAccount {namespace}/{name} failed: {_describe(exc)}") from None
-        if result.status is None or not result.status.token:
-            raise KubeError(f"TokenRequest for ServiceAccount {namespace}/{name} returned no token")
-        return str(result.status.token)
+        what = f"TokenRequest for ServiceAccount {namespace}/{name}"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience] if audience else [], "expirationSeconds": ttl_seconds},
+        }
+        path = f"/api/v1/namespaces/{_seg(namespace)}/serviceaccounts/{_seg(name)}/token"
+        response = await self._request("POST", path, what, json=body)
+        if not response.is_success:
+            raise KubeError(f"{what} failed: {_describe(response)}")
+        token = (response.json().get("status") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise KubeError(f"{what} returned no token")
+        return token
 
-    def close(self) -> None:
-        self._api.close()  # type: ignore[no-untyped-call]
+    async def aclose(self) -> None:
+        for http in [*self._retired, *([self._http] if self._http else [])]:
+            await http.aclose()
+        self._http, self._retired = None, []
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
 
 
 def decode_secret_data(data: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
-_ROUTINE = re.compile(r"^(Indexer|Handler) '(by_secret|by_connection|wake-on-secret|wake-on-change)' succeeded\.$")
+_ROUTINE = re.compile(r"^(Indexer|Handler) '(by_secret|by_connection|wake-on-secret|watch-connections)' succeeded\.$")
 
 
 class _RoutineSuccessFilter(logging.Filter):

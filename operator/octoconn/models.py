@@ -41,6 +41,10 @@ HOST_URL_PATTERN = r"^https?://[^\s/]+(/.*)?$"
 ANNOTATION_PAUSED = f"{GROUP}/paused"
 ANNOTATION_RECONCILE_REQUESTED_AT = f"{GROUP}/reconcile-requested-at"
 ANNOTATION_ADOPT_EXISTING = f"{GROUP}/adopt-existing"
+FINALIZER = f"{GROUP}/finalizer"
+# The operator's own bookkeeping lives on a sub-domain, apart from the annotations users set.
+OPERATOR_PREFIX = f"operator.{GROUP}"
+ANNOTATION_PENDING_CREATE = f"{OPERATOR_PREFIX}/pending-create"
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> JsonDict:
@@ -364,19 +368,31 @@ class OctopusDeployConnectionStatus(_Model):
     ] = None
     last_verified_time: Annotated[
         str | None,
-        Field(description="When Octopus last accepted the key (RFC 3339).", json_schema_extra={"format": "date-time"}),
+        Field(
+            description=(
+                "When Octopus last accepted the key (RFC 3339). A check that changes nothing else refreshes it at most "
+                "hourly; a re-check asked for with octoconn.dev/reconcile-requested-at always does."
+            ),
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None
     last_synced_time: Annotated[
         str | None,
         Field(
-            description="When the Infisical connection was last confirmed to match (RFC 3339).",
+            description="When the Infisical connection was last confirmed to match (RFC 3339); refreshed like "
+            "lastVerifiedTime.",
             json_schema_extra={"format": "date-time"},
         ),
     ] = None
     observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
     pending_create: Annotated[
         PendingCreate | None,
-        Field(description="Set while a create call to Infisical is in flight; cleared once the id is recorded."),
+        Field(
+            description=(
+                "Written by earlier versions while a create call was in flight; the marker is now the "
+                "operator.octoconn.dev/pending-create annotation. Cleared by the next status write."
+            )
+        ),
     ] = None
     refused_write: Annotated[
         RefusedWrite | None,

@@ -8,9 +8,10 @@ One pass (``ConnectionReconciler.reconcile``):
 1. paused? -> no remote calls, ``Synced=False/ReconcilePaused``;
 2. read the API key from the Secret and verify it with Octopus (``CredentialsVerified``);
 3. find the Infisical connection (by recorded id; after a crash mid-create, by name after the pending marker);
-4. create it, or PATCH only what differs: ``credentials`` only when the key or URL changed, or when someone else
-   rewrote them (Infisical's ``credentialsHash`` moved) — every credentials write changes that hash. A create or
-   update Infisical refused for good is remembered in status and not sent again until something changes;
+4. create it (straight away: the name is looked up only when Infisical says it is taken), or PATCH only what
+   differs: ``credentials`` only when the key or URL changed, or when someone else rewrote them (Infisical's
+   ``credentialsHash`` moved) — every credentials write changes that hash. A create or update Infisical refused
+   for good is remembered in status and not sent again until something changes;
 5. compare what Infisical holds with what was asked (an older Infisical silently drops ``projectId``): a success
    answer is not trusted on its own;
 6. return the new status, the Events to emit and, on failure, the error that decides when to retry.
@@ -18,8 +19,12 @@ One pass (``ConnectionReconciler.reconcile``):
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import hashlib
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +47,7 @@ from octoconn.infisical import AppConnection
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
     ANNOTATION_PAUSED,
+    ANNOTATION_PENDING_CREATE,
     ANNOTATION_RECONCILE_REQUESTED_AT,
     DEFAULT_CLIENT_ID_KEY,
     DEFAULT_CLIENT_SECRET_KEY,
@@ -114,6 +120,8 @@ class StoreFactory(Protocol):
 class StatusWriter(Protocol):
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> object: ...
 
+    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None: ...
+
 
 # --- inputs and outputs ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -154,6 +162,11 @@ class Resource:
     @property
     def reconcile_requested_at(self) -> str | None:
         return self.annotations.get(ANNOTATION_RECONCILE_REQUESTED_AT)
+
+    @property
+    def pending_create(self) -> PendingCreate | None:
+        """The create marker: the annotation, or ``status.pendingCreate`` as earlier versions wrote it."""
+        return parse_marker(self.annotations.get(ANNOTATION_PENDING_CREATE)) or self.status.pending_create
 
 
 Outcome = conditions.Outcome[OctopusDeployConnectionStatus]
@@ -198,6 +211,21 @@ def ignored_by_infisical(
     if remote.instance_url != js_trim(instance_url):
         problems.append(f"it stored the instance URL {remote.instance_url!r} instead of {instance_url!r}")
     return problems
+
+
+def new_marker(spec: OctopusDeployConnectionSpec, name: str, now: datetime) -> str:
+    """The create marker's annotation value: which connection may be created from now on."""
+    marker = PendingCreate(name=spec.connection_name or name, project_id=spec.project_id, started_at=rfc3339(now))
+    return json.dumps(marker.model_dump(by_alias=True, mode="json", exclude_none=True), separators=(",", ":"))
+
+
+def parse_marker(value: str | None) -> PendingCreate | None:
+    if not value:
+        return None
+    try:
+        return PendingCreate.model_validate_json(value)
+    except ValueError:
+        return None  # hand-edited: treated as absent, so a name found in Infisical is never taken as ours
 
 
 def key_digest(api_key: str) -> str:
@@ -325,6 +353,69 @@ async def read_identity(secrets: SecretReader, namespace: str, spec: InfisicalSp
     return {"host_url": spec.host_url, "client_id": client_id, "client_secret": client_secret}
 
 
+class VerificationCache:
+    """One Octopus check shared by every resource that uses the same key at the same URL.
+
+    A Secret shared by many resources is common: when it rotates, each of them would send the same three calls to
+    Octopus. Callers that ask while a check is in flight wait for it, and its answer (an identity, or a definite
+    refusal such as a revoked key) is reused for ``ttl`` seconds. Entries are keyed by a digest of URL and key: the
+    key itself is never kept. Outages are not reused. ``fresh=True`` skips a reused answer (a re-check the user
+    asked for), so a revoked key is noticed at once then, and at the latest ``ttl`` seconds after the revocation
+    by every other check.
+    """
+
+    def __init__(self, verifier: Verifier, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._verifier = verifier
+        self._ttl = ttl
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Future[OctopusIdentity]] = {}
+        self._answers: dict[str, tuple[float, OctopusIdentity | errors.OctoconnError]] = {}
+
+    async def verify(self, instance_url: str, api_key: str, *, fresh: bool = False) -> OctopusIdentity:
+        digest = hashlib.sha256(f"{instance_url}\n{api_key}".encode()).hexdigest()
+        now = self._clock()
+        self._expire(now)
+        kept = self._answers.get(digest)
+        if kept is not None and not fresh:
+            return _answer(kept[1])
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[OctopusIdentity] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            identity = await self._verifier.verify(instance_url, api_key)
+        except errors.OctoconnError as exc:
+            if self._ttl > 0 and exc.retry not in _TRANSIENT:
+                self._answers[digest] = (self._clock() + self._ttl, exc)
+            future.set_exception(copy.copy(exc))
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else was waiting
+            raise
+        except BaseException as exc:
+            future.set_exception(errors.OctopusUnreachable(f"the shared check failed ({type(exc).__name__})"))
+            future.exception()
+            raise
+        finally:
+            self._inflight.pop(digest, None)
+        if self._ttl > 0:
+            self._answers[digest] = (self._clock() + self._ttl, identity)
+        future.set_result(identity)
+        return identity
+
+    def _expire(self, now: float) -> None:
+        # Entries are added in time order with one ttl, so the expired ones are at the front.
+        for digest, (until, _) in list(self._answers.items()):
+            if until > now:
+                break
+            del self._answers[digest]
+
+
+def _answer(kept: OctopusIdentity | errors.OctoconnError) -> OctopusIdentity:
+    if isinstance(kept, errors.OctoconnError):
+        raise copy.copy(kept).with_traceback(None)
+    return kept
+
+
 # --- the reconciler ----------------------------------------------------------------------------------------------
 class ConnectionReconciler:
     """Runs one reconcile or finalize pass for a resource. Long-lived: one per operator process."""
@@ -339,6 +430,7 @@ class ConnectionReconciler:
         owners_of: Callable[[str], Iterable[str]] = lambda _: (),
         clock: Callable[[], datetime] = utcnow,
         key_expiry_warning: timedelta = timedelta(days=14),
+        verify_ttl: float = 0.0,
     ) -> None:
         """``owners_of(connection_id)``: the ``namespace/name`` of every resource that records that connection.
 
@@ -357,20 +449,42 @@ class ConnectionReconciler:
         # uid -> the per-resource identity's store last used. Deleting a namespace deletes the identity Secret
         # together with the resource; this lets the finalizer still reach Infisical (until a restart).
         self._tenant_stores: dict[str, ConnectionStore] = {}
+        # uid -> the create marker this process wrote. Any other marker (an earlier process's, another replica's)
+        # may stand for a create whose answer was lost, and so may ours once a create's answer was lost (listed in
+        # _unsure_creates): only then is the name looked up before creating.
+        self._own_markers: dict[str, str] = {}
+        self._unsure_creates: set[str] = set()
+        self._verifications = VerificationCache(octopus, ttl=verify_ttl)
 
     def forget(self, uid: str) -> None:
         self._pushed_keys.pop(uid, None)
         self._tenant_stores.pop(uid, None)
+        self._unsure_creates.discard(uid)
+        self._own_markers.pop(uid, None)
 
-    async def reconcile(self, res: Resource) -> Outcome:
+    def remember_marker(self, uid: str, marker: str) -> None:
+        """This process wrote ``marker`` for the resource (with Kopf's first patch): no earlier create can exist."""
+        self._own_markers[uid] = marker
+
+    async def reconcile(
+        self,
+        res: Resource,
+        *,
+        fresh: bool = False,
+        first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
+    ) -> Outcome:
+        """One pass. ``fresh``: verify the key with Octopus even if another resource just did (a re-check asked for).
+        ``first_patch``: waits for the resource's first patch (finalizer and create marker), returns its annotations;
+        a create waits for it, so the key is read and verified meanwhile."""
         now = self._clock()
         status = res.status.model_copy(deep=True)
         status.observed_generation = res.generation
+        status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
         if res.paused:
             return self._finish(res, status, now, synced=("False", "ReconcilePaused", _PAUSED_MESSAGE))
 
         try:
-            api_key, secret_version, identity, url = await self._verify(res)
+            api_key, secret_version, identity, url = await self._verify(res, fresh=fresh)
         except errors.OctoconnError as exc:
             status.conditions = set_condition(
                 status.conditions,
@@ -419,7 +533,7 @@ class ConnectionReconciler:
             status.refused_write = None  # something changed since: the request may be sent again
         try:
             store = await self._store_for(res)
-            remote, action = await self._sync(res, status, store, api_key, secret_version, url, now)
+            remote, action = await self._sync(res, status, store, api_key, secret_version, url, now, first_patch)
         except errors.InfisicalAuthFailed as exc:
             message = exc.message
             if res.spec.infisical is None or res.spec.infisical.credentials_secret_ref is None:
@@ -430,8 +544,6 @@ class ConnectionReconciler:
             return self._finish(res, status, now, synced=("False", exc.reason, message), error=exc)
         except errors.OctoconnError as exc:
             transient = exc.retry in _TRANSIENT
-            if isinstance(exc, errors.InfisicalError) and not transient:
-                status.pending_create = None  # a definite refusal: nothing was created
             # An outage says nothing about the connection itself, which Infisical still holds: Unknown, not False.
             state: ConditionStatus = "Unknown" if transient else "False"
             message = exc.message
@@ -476,7 +588,10 @@ class ConnectionReconciler:
         status.last_synced_time = rfc3339(now)
         status.refused_write = None
         reason = action.reason if action is not None and action.reason == "DriftRepaired" else "UpToDate"
-        message = action.message if action is not None else f"Infisical connection {remote.name} ({remote.id}) matches."
+        # What was done goes into its Event; the condition says how things stand, so that the next check, which
+        # finds them the same, has nothing to write.
+        matches = f"Infisical connection {remote.name} ({remote.id}) matches."
+        message = action.message if action is not None and reason == "DriftRepaired" else matches
         outcome = self._finish(res, status, now, synced=("True", reason, message))
         if action is not None:
             outcome.events.insert(0, action)
@@ -498,8 +613,8 @@ class ConnectionReconciler:
                 raise
             store = self._tenant_stores[res.uid]
         connection_id = res.status.id
-        if connection_id is None and res.status.pending_create is not None:
-            marker = res.status.pending_create
+        if connection_id is None and res.pending_create is not None:
+            marker = res.pending_create
             try:
                 ours, _ = await self._lookup(store, marker, name=marker.name, project_id=marker.project_id)
             except errors.NameConflict:
@@ -516,7 +631,7 @@ class ConnectionReconciler:
         return [Event("Normal", verb, f"Infisical connection {name} ({connection_id}) {detail}.")]
 
     # -- steps ----------------------------------------------------------------------------------------------------
-    async def _verify(self, res: Resource) -> tuple[str, str, OctopusIdentity, str]:
+    async def _verify(self, res: Resource, *, fresh: bool) -> tuple[str, str, OctopusIdentity, str]:
         url = normalize_instance_url(res.spec.instance_url)
         ref = res.spec.api_key_secret_ref
         secret = await self._secrets.read_secret(res.namespace, ref.name)
@@ -542,7 +657,7 @@ class ConnectionReconciler:
                 "Add the API key there or set spec.apiKeySecretRef.key."
             )
         try:
-            identity = await self._octopus.verify(url, api_key)
+            identity = await self._verifications.verify(url, api_key, fresh=fresh)
         except errors.MalformedApiKey as exc:
             raise errors.MalformedApiKey(
                 f'Secret {res.namespace}/{ref.name}, key "{ref.data_key()}": {exc.message}'
@@ -572,6 +687,7 @@ class ConnectionReconciler:
         secret_version: str,
         url: str,
         now: datetime,
+        first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
     ) -> tuple[AppConnection, Event | None]:
         name, description = res.connection_name, res.spec.description
         remote: AppConnection | None = None
@@ -581,49 +697,66 @@ class ConnectionReconciler:
             recreate = remote is None
 
         if remote is None:
-            marker = None if recreate else res.status.pending_create
-            ours, existing = await self._lookup(store, marker, name=name, project_id=res.spec.project_id)
-            if ours is not None:
-                status.pending_create = None
-                remote = await self._update(res, store, ours, api_key, url, key_changed=True)
-                return remote, Event("Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try.")
-            if existing is not None:
-                others = sorted(set(self._owners_of(existing.id)) - {f"{res.namespace}/{res.name}"})
-                if others:
-                    # Never take over another resource's connection, whatever the annotation says: two resources
-                    # would overwrite each other's key, and deleting either would delete the other's connection.
-                    raise errors.NameConflict(
-                        f'Infisical connection "{name}" ({existing.id}) is managed by OctopusDeployConnection '
-                        f"{others[0]}. Choose another spec.connectionName."
+            marker = None if recreate else res.pending_create
+            written = res.annotations.get(ANNOTATION_PENDING_CREATE)
+            if marker is None and not recreate and first_patch is not None:
+                written = (await first_patch()).get(ANNOTATION_PENDING_CREATE)
+                marker = parse_marker(written)
+            ours_only = written is not None and self._own_markers.get(res.uid) == written
+            if marker is not None and (res.uid in self._unsure_creates or not ours_only):
+                # An earlier create may have succeeded without us hearing back: look before creating again.
+                ours, existing = await self._lookup(store, marker, name=name, project_id=res.spec.project_id)
+                if ours is not None:
+                    self._unsure_creates.discard(res.uid)
+                    remote = await self._update(res, store, ours, api_key, url, key_changed=True)
+                    return remote, Event(
+                        "Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try."
                     )
-                if not res.adopt_existing:
-                    raise errors.NameConflict(
-                        f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
-                        f"not create. Choose another spec.connectionName, or annotate the resource with "
-                        f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'
+                if existing is not None:
+                    return await self._take_over(res, store, existing, api_key, url)
+            elif marker is None and not recreate:
+                # Normally written together with the finalizer when the resource appeared; this is the fallback.
+                fallback = new_marker(res.spec, res.name, now)
+                await self._status_writer.patch_annotations(
+                    res.namespace, res.name, {ANNOTATION_PENDING_CREATE: fallback}
+                )
+                self._own_markers[res.uid] = fallback
+            # No name lookup first: a create costs one paced write, a lookup one paced read more. Infisical refuses
+            # a taken name, and only then is it worth looking at who holds it.
+            try:
+                remote = await self._write(
+                    res,
+                    status,
+                    "create",
+                    secret_version,
+                    lambda: store.create(
+                        name=name,
+                        description=description,
+                        project_id=res.spec.project_id,
+                        instance_url=url,
+                        api_key=api_key,
+                    ),
+                )
+            except errors.NameConflict:
+                self._unsure_creates.discard(res.uid)
+                existing = await store.get_by_name(name, project_id=res.spec.project_id)
+                if existing is None:
+                    raise
+                status.refused_write = None  # the name's holder decides now, not the create
+                return await self._take_over(res, store, existing, api_key, url)
+            except errors.OctoconnError as exc:
+                if exc.retry in _TRANSIENT:
+                    self._unsure_creates.add(res.uid)  # it may exist anyway: the next try looks first
+                else:
+                    self._unsure_creates.discard(res.uid)
+                    # A definite refusal created nothing: a marker left behind could let a later restart take a
+                    # connection someone else makes under this name for ours.
+                    await self._status_writer.patch_annotations(
+                        res.namespace, res.name, {ANNOTATION_PENDING_CREATE: None}
                     )
-                remote = await self._update(res, store, existing, api_key, url, key_changed=True)
-                return remote, Event("Normal", "Adopted", f"Took over existing connection {name} ({remote.id}).")
-            pending = PendingCreate(name=name, project_id=res.spec.project_id, started_at=rfc3339(now))
-            status.pending_create = pending
-            # Recorded before the POST: if we crash before the final status write, the retry adopts instead of
-            # creating a second connection.
-            await self._status_writer.patch_status(
-                res.namespace, res.name, {"pendingCreate": pending.model_dump(by_alias=True, mode="json")}
-            )
-            remote = await self._write(
-                res,
-                status,
-                "create",
-                secret_version,
-                lambda: store.create(
-                    name=name,
-                    description=description,
-                    project_id=res.spec.project_id,
-                    instance_url=url,
-                    api_key=api_key,
-                ),
-            )
+                raise
+            self._unsure_creates.discard(res.uid)
+            self._own_markers.pop(res.uid, None)  # recorded in status from now on
             if recreate:
                 message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
                 return remote, Event("Warning", "DriftRepaired", message)
@@ -675,6 +808,28 @@ class ConnectionReconciler:
         except errors.InfisicalRejected as exc:  # 400/422: sending the same again would get the same answer
             status.refused_write = _refusal(res, operation, secret_version, exc)
             raise
+
+    async def _take_over(
+        self, res: Resource, store: ConnectionStore, existing: AppConnection, api_key: str, url: str
+    ) -> tuple[AppConnection, Event]:
+        """A connection under our name that this resource did not create: take it only when asked to."""
+        name = res.connection_name
+        others = sorted(set(self._owners_of(existing.id)) - {f"{res.namespace}/{res.name}"})
+        if others:
+            # Never take over another resource's connection, whatever the annotation says: two resources
+            # would overwrite each other's key, and deleting either would delete the other's connection.
+            raise errors.NameConflict(
+                f'Infisical connection "{name}" ({existing.id}) is managed by OctopusDeployConnection '
+                f"{others[0]}. Choose another spec.connectionName."
+            )
+        if not res.adopt_existing:
+            raise errors.NameConflict(
+                f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
+                f"not create. Choose another spec.connectionName, or annotate the resource with "
+                f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'
+            )
+        remote = await self._update(res, store, existing, api_key, url, key_changed=True)
+        return remote, Event("Normal", "Adopted", f"Took over existing connection {name} ({remote.id}).")
 
     async def _update(
         self, res: Resource, store: ConnectionStore, remote: AppConnection, api_key: str, url: str, *, key_changed: bool

@@ -24,19 +24,30 @@ from octoconn import errors, metrics, sync
 from octoconn.conditions import Event, HasConditions, Outcome, jittered, parse_time, retry_delay, utcnow
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
-from octoconn.models import PLURAL, OctopusDeployConnectionStatus
+from octoconn.models import ANNOTATION_RECONCILE_REQUESTED_AT, FINALIZER, PLURAL, OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
-from octoconn.reconcile import ConnectionReconciler, Resource, deletion_blocked
+from octoconn.reconcile import ConnectionReconciler, Resource, SecretData, SecretReader, deletion_blocked
 from octoconn.settings import Settings
 from octoconn.sync import PeerSync, SyncReconciler, SyncResource
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
 _MAX_TENANT_CLIENTS = 64
 _MAX_DELETE_RETRY_SECONDS = 30.0
+# A check that changes nothing but lastVerifiedTime/lastSyncedTime writes status only when they are older than
+# this: API conventions dropped heartbeat timestamps for the write load they cause (one write per resource and
+# interval), and an hour is recent enough to show that checks still happen.
+STATUS_REFRESH_SECONDS = 3600.0
+# How long one Octopus answer, or one read of a Secret, serves every resource that asks for the same thing.
+_VERIFY_SHARE_SECONDS = 10.0
+_SECRET_SHARE_SECONDS = 2.0
+# How long a new resource's first pass waits for Kopf's first patch (finalizer and create marker) to show.
+_FIRST_PATCH_WAIT_SECONDS = 30.0
 
 EventSink = Callable[[Event], None]
 Log = logging.Logger | logging.LoggerAdapter[Any]
+FirstPatch = Callable[[], Awaitable[Mapping[str, str]]]
+log = logging.getLogger(__name__)
 
 
 class Status(HasConditions, Protocol):
@@ -55,7 +66,16 @@ class Lifecycle(Protocol, Generic[R]):
 
     def key(self, res: R) -> tuple[str, str]: ...
 
-    async def reconcile(self, res: R) -> Outcome[Any]: ...
+    async def reconcile(self, res: R, *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
+        """``fresh``: the user asked for this check. ``first_patch``: waits for Kopf's first patch of a new resource
+        and returns its annotations (a kind that keeps no create marker there need not call it)."""
+        ...
+
+    def needs_write(self, res: R, outcome: Outcome[Any], now: float) -> bool:
+        """Whether the pass's status is worth a write (``res.status`` is the status written last)."""
+        ...
+
+    def status_patch(self, res: R) -> dict[str, Any]: ...
 
     async def settled(self, res: R) -> bool: ...
 
@@ -76,7 +96,7 @@ class Lifecycle(Protocol, Generic[R]):
 @dataclass
 class ConnectionLifecycle:
     reconciler: ConnectionReconciler
-    kube: KubeClient
+    secrets: SecretReader
     plural: str = PLURAL
 
     def parse(self, body: Mapping[str, Any]) -> Resource:
@@ -85,8 +105,14 @@ class ConnectionLifecycle:
     def key(self, res: Resource) -> tuple[str, str]:
         return res.namespace, res.name
 
-    async def reconcile(self, res: Resource) -> Outcome[Any]:
-        return await self.reconciler.reconcile(res)
+    async def reconcile(self, res: Resource, *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
+        return await self.reconciler.reconcile(res, fresh=fresh, first_patch=first_patch)
+
+    def needs_write(self, res: Resource, outcome: Outcome[Any], now: float) -> bool:
+        return needs_write(res.status, outcome.status, now)
+
+    def status_patch(self, res: Resource) -> dict[str, Any]:
+        return res.status.to_patch()
 
     async def finalize(self, res: Resource) -> list[Event]:
         return await self.reconciler.finalize(res)
@@ -128,7 +154,7 @@ class ConnectionLifecycle:
         if not status.id or not status.secret_resource_version:
             return False
         try:
-            secret = await self.kube.read_secret(res.namespace, res.spec.api_key_secret_ref.name)
+            secret = await self.secrets.read_secret(res.namespace, res.spec.api_key_secret_ref.name)
         except KubeError:
             return False
         return secret is not None and secret.resource_version == status.secret_resource_version
@@ -145,8 +171,17 @@ class SyncLifecycle:
     def key(self, res: SyncResource) -> tuple[str, str]:
         return res.namespace, res.name
 
-    async def reconcile(self, res: SyncResource) -> Outcome[Any]:
+    async def reconcile(self, res: SyncResource, *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
+        # The sync keeps its crash marker in status (written before its create), so it has no first patch to await.
         return await self.reconciler.reconcile(res)
+
+    def needs_write(self, res: SyncResource, outcome: Outcome[Any], now: float) -> bool:
+        # Every pass is written, as before: a pass may write its create marker into status on its way, so the
+        # status it started from is not the one stored, and a comparison with it could leave that marker behind.
+        return True
+
+    def status_patch(self, res: SyncResource) -> dict[str, Any]:
+        return res.status.to_patch()
 
     async def finalize(self, res: SyncResource) -> list[Event]:
         return await self.reconciler.finalize(res)
@@ -180,6 +215,61 @@ class SyncLifecycle:
             and bool(res.status.id)
             and res.sync_request == res.status.handled_sync_request
         )
+
+
+class SharedSecretReads:
+    """The ``SecretReader`` port, with one read shared by the resources that ask for the same Secret at once.
+
+    1000 resources sharing a Secret would otherwise read it 1000 times on a rotation. A read is reused for a couple
+    of seconds at most (the key is not kept longer than that), and a watch event for the Secret drops it at once.
+    """
+
+    def __init__(self, kube: KubeClient, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._kube = kube
+        self._ttl = ttl
+        self._clock = clock
+        self._kept: dict[tuple[str, str], tuple[float, SecretData | None]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[SecretData | None]] = {}
+        self._changes: dict[tuple[str, str], int] = {}
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        key = (namespace, name)
+        now = self._clock()
+        for old, (until, _) in list(self._kept.items()):  # kept in time order: expired ones are at the front
+            if until > now:
+                break
+            del self._kept[old]
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept[1]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[SecretData | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        changes = self._changes.get(key, 0)
+        try:
+            secret = await self._kube.read_secret(namespace, name)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, KubeError) else KubeError(f"reading Secret {namespace}/{name}"))
+            future.exception()
+            raise
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        if self._changes.get(key, 0) == changes:  # a read that started before a change is not reused
+            self._kept[key] = (self._clock() + self._ttl, secret)
+        if key not in self._inflight:
+            self._changes.pop(key, None)
+        future.set_result(secret)
+        return secret
+
+    def changed(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key in self._inflight:
+            self._changes[key] = self._changes.get(key, 0) + 1
+        self._kept.pop(key, None)
+        self._inflight.pop(key, None)  # later callers read again rather than wait for a read begun before
 
 
 class StorePool:
@@ -252,6 +342,9 @@ class StatusMemory:
         self._written[(plural, namespace, name)] = (uid, dict(stored.get("status") or {}))
         return stored
 
+    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        await self._kube.patch_annotations(namespace, name, annotations)
+
     def view(self, body: Mapping[str, Any], *, plural: str = PLURAL) -> dict[str, Any]:
         """``body`` with our last written status when the watch has not delivered that write yet."""
         meta = body.get("metadata") or {}
@@ -279,7 +372,13 @@ class Runtime:
     reconciler: ConnectionReconciler
     sync_reconciler: SyncReconciler
     statuses: StatusMemory
+    secrets: SharedSecretReads
     kicks: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
+    # What each loop saw at its last pass (generation and the annotations users act with), to tell a watch event
+    # that matters from the echo of our own status write. Keyed like ``kicks``: (plural, namespace, name).
+    _seen: dict[tuple[str, str, str], tuple[object, ...]] = field(default_factory=dict)
+    # Loops waiting for Kopf's first patch of their resource to show on the watch.
+    _first_patch: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
     # connection id -> "namespace/name" of the resources recording it; Kopf's live index, set by the handlers.
     connection_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     # destination key -> the secret syncs whose status records it; Kopf's live index, set by the handlers.
@@ -308,14 +407,17 @@ class Runtime:
         )
         stores = StorePool(settings, default, pacer, read_pacer)
         statuses = StatusMemory(kube)
+        secrets = SharedSecretReads(kube, ttl=_SECRET_SHARE_SECONDS)
         runtime: Runtime
         reconciler = ConnectionReconciler(
-            secrets=kube,
+            secrets=secrets,
             octopus=octopus,
             stores=stores,
             status_writer=statuses,
             owners_of=lambda connection_id: runtime.connection_owners.get(connection_id, ()),
             key_expiry_warning=timedelta(days=settings.key_expiry_warning_days),
+            # Shorter than the periodic interval, so each resource's next check asks Octopus again.
+            verify_ttl=min(_VERIFY_SHARE_SECONDS, settings.resync_interval_seconds / 2),
         )
         sync_reconciler = SyncReconciler(
             connections=kube,
@@ -333,6 +435,7 @@ class Runtime:
             reconciler=reconciler,
             sync_reconciler=sync_reconciler,
             statuses=statuses,
+            secrets=secrets,
         )
         return runtime
 
@@ -343,27 +446,76 @@ class Runtime:
 
     @property
     def connections(self) -> ConnectionLifecycle:
-        return ConnectionLifecycle(self.reconciler, self.kube)
+        return ConnectionLifecycle(self.reconciler, self.secrets)
 
     @property
     def syncs(self) -> SyncLifecycle:
         return SyncLifecycle(self.sync_reconciler)
 
     def kick(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
-        """Wake the resource's loop now (spec, annotation, Secret or connection change)."""
-        self.kicks.setdefault((plural, namespace, name), asyncio.Event()).set()
+        """Wake the resource's loop now (spec, annotation, Secret or connection change); a loop not started yet
+        reads it all anyway."""
+        kick = self.kicks.get((plural, namespace, name))
+        if kick is not None:
+            kick.set()
 
-    async def run_once(self, kind: Lifecycle[R], res: R, emit: EventSink) -> Outcome[Any]:
-        """One reconcile pass: decide, write status, emit Events. Never raises for domain errors."""
+    def observe(self, body: Mapping[str, Any], *, plural: str = PLURAL) -> None:
+        """A watch event for a resource: wake its loop if something it acts on changed (not our own status write)."""
+        meta = body.get("metadata") or {}
+        key = (plural, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        waiting = self._first_patch.get(key)
+        if waiting is not None and _first_patch_landed(meta):
+            waiting.set()
+        seen = self._seen.get(key)
+        if seen is not None and seen != _fingerprint(body):
+            self.kick(key[1], key[2], plural=plural)
+
+    def secret_changed(self, namespace: str, name: str) -> None:
+        self.secrets.changed(namespace, name)
+
+    async def run_once(
+        self,
+        kind: Lifecycle[R],
+        res: R,
+        emit: EventSink,
+        *,
+        fresh: bool = False,
+        first_patch: FirstPatch | None = None,
+    ) -> Outcome[Any]:
+        """One reconcile pass: decide, write status, emit Events. Never raises for domain errors.
+
+        ``fresh``: the user asked for this check, so the status shows it even when nothing changed.
+        """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.settings.max_workers)
         namespace, name = kind.key(res)
-        async with self._slots:
+        slots = self._slots
+        waiting_for = first_patch
+
+        async def first_patch_without_a_slot() -> Mapping[str, str]:
+            # Waiting for Kopf is not work: let another resource use the slot meanwhile.
+            assert waiting_for is not None
+            slots.release()
+            try:
+                return await waiting_for()
+            finally:
+                await slots.acquire()
+
+        async with slots:
             metrics.started_reconciling()
             started = time.monotonic()
             try:
-                outcome = await kind.reconcile(res)
-                await self.statuses.patch_status(namespace, name, outcome.status.to_patch(), plural=kind.plural)
+                outcome = await kind.reconcile(
+                    res, fresh=fresh, first_patch=first_patch_without_a_slot if first_patch is not None else None
+                )
+                # res's status is what we wrote last (StatusMemory), even when the watch has not shown it yet.
+                if fresh or kind.needs_write(res, outcome, utcnow().timestamp()):
+                    patch = outcome.status.to_patch()
+                    if log.isEnabledFor(logging.DEBUG):
+                        old = kind.status_patch(res)
+                        changed = sorted(k for k in patch if patch[k] != old.get(k))
+                        log.debug("[%s/%s/%s] status write: %s", kind.plural, namespace, name, changed)
+                    await self.statuses.patch_status(namespace, name, patch, plural=kind.plural)
             except Exception:
                 kind.observe(res, None, time.monotonic() - started)
                 raise
@@ -424,7 +576,12 @@ class Runtime:
         first = kind.parse(self.statuses.view(body_reader(), plural=kind.plural))
         key = (kind.plural, *kind.key(first))
         kick = self.kicks.setdefault(key, asyncio.Event())
+        self._seen[key] = _fingerprint(body_reader())
         stopping = asyncio.ensure_future(stopped())
+
+        async def first_patch() -> Mapping[str, str]:
+            return await self._await_first_patch(key, body_reader, stopping)
+
         failures = 0
         # What status says until the first check: after a restart, a settled resource may wait minutes for it.
         kind.observe_status(first)
@@ -440,8 +597,13 @@ class Runtime:
                 woken.cancel()
             while not stopping.done():
                 kick.clear()
-                body = self.statuses.view(body_reader(), plural=kind.plural)
-                outcome = await self._guarded(kind, kind.parse(body), emit, logger)
+                body = body_reader()
+                fingerprint = _fingerprint(body)
+                # A new reconcile-requested-at value is a re-check the user asked for.
+                fresh = fingerprint[-1] != self._seen[key][-1]
+                self._seen[key] = fingerprint
+                res = kind.parse(self.statuses.view(body, plural=kind.plural))
+                outcome = await self._guarded(kind, res, emit, logger, fresh=fresh, first_patch=first_patch)
                 delay = self._next_delay(outcome, failures + 1)
                 failures = failures + 1 if outcome is None or outcome.error is not None else 0
                 logger.debug("next reconcile in %.0fs unless woken", delay)
@@ -451,11 +613,40 @@ class Runtime:
         finally:
             stopping.cancel()
             self.kicks.pop(key, None)
+            self._seen.pop(key, None)
             kind.forget_metrics(first)  # deleted, or no longer ours: a deletion still blocked reports itself
 
-    async def _guarded(self, kind: Lifecycle[R], res: R, emit: EventSink, logger: Log) -> Outcome[Any] | None:
+    async def _await_first_patch(
+        self, key: tuple[str, str, str], body_reader: Callable[[], dict[str, Any]], stopping: asyncio.Future[Any]
+    ) -> Mapping[str, str]:
+        """Let Kopf's first patch of a new resource land (finalizer, create marker) before anything is created.
+
+        Returns on the first of: the patch showing on the watch, the loop being stopped, the timeout; waiting for
+        all of them would hold every new resource for the full timeout."""
+        if not _first_patch_landed(body_reader().get("metadata") or {}):
+            landed = self._first_patch.setdefault(key, asyncio.Event())
+            waiting = asyncio.ensure_future(landed.wait())
+            try:
+                await asyncio.wait(
+                    {waiting, stopping}, timeout=_FIRST_PATCH_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiting.cancel()
+                self._first_patch.pop(key, None)
+        return dict((body_reader().get("metadata") or {}).get("annotations") or {})
+
+    async def _guarded(
+        self,
+        kind: Lifecycle[R],
+        res: R,
+        emit: EventSink,
+        logger: Log,
+        *,
+        fresh: bool,
+        first_patch: FirstPatch,
+    ) -> Outcome[Any] | None:
         try:
-            outcome = await self.run_once(kind, res, emit)
+            outcome = await self.run_once(kind, res, emit, fresh=fresh, first_patch=first_patch)
         except Exception as exc:  # a bug or a Kubernetes API failure must not kill the resource's loop
             logger.error("reconcile failed unexpectedly: %s: %s", type(exc).__name__, exc)
             return None
@@ -489,7 +680,37 @@ class Runtime:
             await self._metrics_server.cleanup()
         await self.octopus.aclose()
         await self.stores.aclose()
-        self.kube.close()
+        await self.kube.aclose()
+
+
+def needs_write(before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus, now: float) -> bool:
+    """Whether a pass's status is worth a write: something changed, or the check times are due for a refresh."""
+    unchanged = after.model_copy(
+        update={"last_verified_time": before.last_verified_time, "last_synced_time": before.last_synced_time}
+    )
+    if unchanged != before:
+        return True
+    if after.last_verified_time == before.last_verified_time and after.last_synced_time == before.last_synced_time:
+        return False
+    verified = parse_time(before.last_verified_time)
+    return verified is None or now - verified.timestamp() >= STATUS_REFRESH_SECONDS
+
+
+def _first_patch_landed(meta: Mapping[str, Any]) -> bool:
+    return FINALIZER in (meta.get("finalizers") or []) or bool(meta.get("deletionTimestamp"))
+
+
+def _fingerprint(body: Mapping[str, Any]) -> tuple[object, ...]:
+    """What a pass acts on besides status: generation (spec) and the annotations users set. Last: the re-check."""
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    users = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("octoconn.dev/")))
+    return (
+        meta.get("generation"),
+        meta.get("deletionTimestamp") is not None,
+        users,
+        annotations.get(ANNOTATION_RECONCILE_REQUESTED_AT),
+    )
 
 
 def _observe_status(res: Resource, status: OctopusDeployConnectionStatus) -> None:

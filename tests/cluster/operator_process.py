@@ -39,13 +39,16 @@ class OperatorProcess:
         namespaces: list[str] | None = None,
         extra_args: list[str] | None = None,
         standalone: bool = True,
+        entry: list[str] | None = None,
     ) -> None:
+        """``entry``: what runs instead of ``-m octoconn`` (the benchmark's profiling wrapper)."""
         self.kubeconfig = kubeconfig
         self.env = env
         self.log_path = log_path
         self.namespaces = namespaces or []
         self.extra_args = extra_args or []
         self.standalone = standalone
+        self.entry = entry or ["-m", "octoconn"]
         self.popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.liveness_port = free_port()
@@ -56,8 +59,7 @@ class OperatorProcess:
         scope = [arg for ns in self.namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
         argv = [
             sys.executable,
-            "-m",
-            "octoconn",
+            *self.entry,
             "run",
             *(["--standalone"] if self.standalone else []),
             "--liveness",

@@ -5,6 +5,7 @@ restart, and a Secret no resource references leaves no trace in the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -17,7 +18,7 @@ import pytest
 from kubernetes import client
 
 from octoconn.conditions import Event
-from octoconn.kube import KubeClient, load_api_client
+from octoconn.kube import KubeClient, load_connection
 from octoconn.runtime import Runtime
 from octoconn.settings import Settings
 from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET, Kube, Remotes, operator_env, own_namespace
@@ -80,7 +81,9 @@ async def test_a_second_pass_never_acts_on_a_body_older_than_its_own_status_writ
             allow_http=True,
             infisical_reads_per_minute=0,
         )
-        runtime = Runtime.build(settings, KubeClient(load_api_client(control_plane.kubeconfig)))
+        runtime = Runtime.build(
+            settings, KubeClient(functools.partial(load_connection, kubeconfig=control_plane.kubeconfig))
+        )
         emitted: list[Event] = []
 
         def emit(event: Event) -> None:

@@ -7,12 +7,13 @@ Infisical's POST and the status write, and an operator restart that must not re-
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from octoconn.infisical import InfisicalClient
-from octoconn.models import OctopusDeployConnectionStatus
+from octoconn.models import ANNOTATION_PENDING_CREATE, OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
 from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Resource, SecretData
 from tests.servers.infisical import InfisicalServer
@@ -36,9 +37,13 @@ class MemorySecrets:
 class MemoryStatus:
     def __init__(self) -> None:
         self.patches: list[Mapping[str, Any]] = []
+        self.annotations: list[Mapping[str, str | None]] = []
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.patches.append(dict(status))
+
+    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        self.annotations.append(dict(annotations))
 
 
 class Stores:
@@ -58,9 +63,14 @@ def make_reconciler(
     return ConnectionReconciler(secrets=secrets, octopus=octopus_client, stores=Stores(store), status_writer=status)
 
 
-def resource(octopus: OctopusServer, status: OctopusDeployConnectionStatus | None = None, **spec: Any) -> Resource:
+def resource(
+    octopus: OctopusServer,
+    status: OctopusDeployConnectionStatus | None = None,
+    annotations: dict[str, str] | None = None,
+    **spec: Any,
+) -> Resource:
     body = {
-        "metadata": {"name": "prod", "namespace": "team", "uid": "uid-1", "generation": 1},
+        "metadata": {"name": "prod", "namespace": "team", "uid": "uid-1", "generation": 1, "annotations": annotations},
         "spec": {"instanceUrl": octopus.url, "apiKeySecretRef": {"name": "key"}, **spec},
         "status": (status or OctopusDeployConnectionStatus()).to_patch(),
     }
@@ -85,14 +95,14 @@ async def test_crash_between_post_and_status_write_adopts_instead_of_duplicating
     first = await reconciler.reconcile(resource(octopus))
     assert first.error is None
     assert len(creates(infisical)) == 1
-    # The marker reached Kubernetes before the POST; the final status "was lost" in the crash.
-    assert status_sink.patches[0]["pendingCreate"]["name"] == "prod"
-    after_crash = OctopusDeployConnectionStatus.model_validate(
-        {"pendingCreate": status_sink.patches[0]["pendingCreate"]}
-    )
+    # The marker reached Kubernetes before the POST (here the reconciler's fallback wrote it; in a cluster it rides
+    # in Kopf's finalizer patch); the final status "was lost" in the crash.
+    marker = status_sink.annotations[0][ANNOTATION_PENDING_CREATE]
+    assert marker is not None
+    assert json.loads(marker)["name"] == "prod"
 
     restarted = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
-    second = await restarted.reconcile(resource(octopus, after_crash))
+    second = await restarted.reconcile(resource(octopus, annotations={ANNOTATION_PENDING_CREATE: marker}))
     assert second.error is None
     assert second.status.id == first.status.id
     assert second.status.pending_create is None
@@ -169,9 +179,9 @@ async def test_invalid_key_never_reaches_infisical(
 async def test_infisical_refusal_is_reported_with_its_message(
     octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
 ) -> None:
-    secrets = MemorySecrets()
+    secrets, status_sink = MemorySecrets(), MemoryStatus()
     secrets.put("key", {"apiKey": octopus.state.issue_key()})
-    outcome = await make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus()).reconcile(
+    outcome = await make_reconciler(secrets, octopus_client, infisical_client, status_sink).reconcile(
         resource(octopus, projectId="no-such-project")
     )
     assert outcome.error is not None
@@ -181,6 +191,7 @@ async def test_infisical_refusal_is_reported_with_its_message(
     assert synced.status == "False"
     assert "Could not find project" in synced.message
     assert outcome.status.pending_create is None  # a definite refusal created nothing
+    assert status_sink.annotations[-1] == {ANNOTATION_PENDING_CREATE: None}  # so no marker is left to mislead
 
 
 async def test_finalize_deletes_and_tolerates_already_gone(
@@ -310,3 +321,40 @@ async def test_key_expiry_warning_window_zero_turns_it_off(
     assert outcome.status.condition("CredentialsVerified").reason == "ApiKeyValid"  # type: ignore[union-attr]
     assert outcome.status.octopus is not None
     assert outcome.status.octopus.key_expires_at is not None
+
+
+async def test_a_new_connection_is_created_without_a_name_lookup(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    # The marker this process wrote with Kopf's first patch when the resource appeared.
+    secrets, status_sink = MemorySecrets(), MemoryStatus()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, status_sink)
+    marker = json.dumps({"name": "prod", "startedAt": "2999-01-01T00:00:00Z"})
+    reconciler.remember_marker("uid-1", marker)
+    outcome = await reconciler.reconcile(resource(octopus, annotations={ANNOTATION_PENDING_CREATE: marker}))
+    assert outcome.error is None
+    assert len(creates(infisical)) == 1
+    reads = [r for r in infisical.state.requests if r.method == "GET"]
+    assert reads == []  # a create costs one paced write, not a paced read as well
+    assert status_sink.annotations == []  # nor a Kubernetes write of its own
+
+
+async def test_a_marker_another_replica_wrote_is_looked_up_before_creating(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    # Replica A wrote the marker and created the connection, then died before its status write; replica B, running
+    # since before the marker, takes over: the connection is adopted, not refused as somebody else's.
+    secrets = MemorySecrets()
+    key = octopus.state.issue_key()
+    secrets.put("key", {"apiKey": key})
+    replica_b = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    marker = json.dumps({"name": "prod", "startedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    created = await infisical_client.create(
+        name="prod", description=None, project_id=None, instance_url=octopus.url, api_key=key
+    )
+    outcome = await replica_b.reconcile(resource(octopus, annotations={ANNOTATION_PENDING_CREATE: marker}))
+    assert outcome.error is None
+    assert outcome.status.id == created.id
+    assert any(e.reason == "Adopted" for e in outcome.events)
+    assert len(creates(infisical)) == 1

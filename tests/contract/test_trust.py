@@ -135,7 +135,9 @@ async def test_name_held_by_another_apps_connection_is_a_name_conflict(
     assert "cannot be adopted" in message
     assert "Choose another spec.connectionName" in message
     assert "annotate" not in message
-    assert creates(infisical) == []
+    # A create is sent without a lookup first (creates are paced writes only), and Infisical refuses the name.
+    assert [r.status for r in creates(infisical)] == [400]
+    assert [c["name"] for c in infisical.state.connections()] == ["prod"]  # the other app's, alone
 
 
 async def test_rename_onto_a_taken_name_gives_advice_that_works_and_is_not_resent(

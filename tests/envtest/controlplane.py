@@ -23,8 +23,10 @@ Flags (kube-apiserver), envtest's defaults first:
 
 envtest also passes ``--insecure-port=0`` to old servers; that flag was removed in 1.24 and is not passed.
 Beyond envtest: ``--endpoint-reconciler-type=none`` (the ``kubernetes`` Service's endpoints would point at a
-loopback address, which the API server itself rejects and logs every few seconds) and etcd's
-``--unsafe-no-fsync`` (the data is thrown away, and fsync dominates etcd's latency on slow test disks).
+loopback address, which the API server itself rejects and logs every few seconds), etcd's
+``--unsafe-no-fsync`` (the data is thrown away, and fsync dominates etcd's latency on slow test disks), and an
+audit log of every write (``--audit-policy-file``/``--audit-log-path``, metadata only: no request bodies, so no
+Secret data): tests and the benchmark count the operator's writes from it, exactly, by user agent.
 
 Nothing may outlive the test run: every child gets its own process group (a terminal's Ctrl-C reaches only us,
 and we stop the whole group), ``PR_SET_PDEATHSIG`` (the kernel kills the child when its parent dies, even by
@@ -41,6 +43,7 @@ import datetime as dt
 import fcntl
 import functools
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -77,6 +80,15 @@ START_TIMEOUT = float(os.environ.get("OCTOCONN_ENVTEST_START_TIMEOUT", "120"))
 STOP_TIMEOUT = 15.0
 _BIND_ATTEMPTS = 5
 _BIND_RACE_MARKERS = ("address already in use", "bind: address")
+# Writes only, at the Metadata level: who wrote what, never the body (a Secret's data must not land in a log).
+_AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+"""
 
 
 class ControlPlaneError(RuntimeError):
@@ -124,6 +136,11 @@ class ClusterAccess:
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
+
+    def audit_writes(self, user_agent: str = "") -> list[dict[str, Any]]:
+        """Every write the API server has completed so far (audit events), optionally only from clients whose
+        User-Agent starts with ``user_agent``. Raises when this cluster keeps no audit log (an external one)."""
+        raise ControlPlaneError("this cluster keeps no audit log the tests can read")
 
     def kubernetes_api_client(self) -> ApiClient:
         """A ``kubernetes.client.ApiClient`` authenticated as the admin. The caller closes it."""
@@ -505,6 +522,7 @@ class ControlPlane(ClusterAccess):
         self.admin_cert_file: str | None = None
         self.admin_key_file: str | None = None
         self.startup_seconds: float | None = None
+        self.audit_log: Path | None = None
         self.etcd: _Process | None = None
         self.apiserver: _Process | None = None
         self._lock_fd: int | None = None
@@ -575,6 +593,19 @@ class ControlPlane(ClusterAccess):
         cfg.key_file = self.admin_key_file
         return client.ApiClient(cfg)
 
+    def audit_writes(self, user_agent: str = "") -> list[dict[str, Any]]:
+        if self.audit_log is None:
+            raise ControlPlaneError("the control plane is not running")
+        events = []
+        with contextlib.suppress(FileNotFoundError), self.audit_log.open() as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # the API server is still writing this one
+                event = json.loads(line)
+                if event.get("stage") == "ResponseComplete" and event.get("userAgent", "").startswith(user_agent):
+                    events.append(event)
+        return events
+
     def _kubectl_path(self) -> str:
         return str((self.binaries or expected_paths()).kubectl)
 
@@ -598,7 +629,7 @@ class ControlPlane(ClusterAccess):
             raise ControlPlaneError(f"another control plane is running in {workdir}") from None
         self._lock_fd = fd
         # A fresh cluster every start: an old etcd would hold objects signed by a CA that no longer exists.
-        for entry in ("etcd", "pki", "apiserver-certs", "logs", "kubeconfig", "kubectl-cache"):
+        for entry in ("etcd", "pki", "apiserver-certs", "logs", "kubeconfig", "kubectl-cache", "audit-policy.yaml"):
             path = workdir / entry
             if path.is_dir():
                 shutil.rmtree(path)
@@ -638,6 +669,9 @@ class ControlPlane(ClusterAccess):
 
     def _start_apiserver(self, workdir: Path, pki: dict[str, Path], etcd_url: str) -> None:
         assert self.binaries is not None
+        audit_policy = workdir / "audit-policy.yaml"
+        audit_policy.write_text(_AUDIT_POLICY)
+        self.audit_log = workdir / "logs" / "audit.log"
         for attempt in range(1, _BIND_ATTEMPTS + 1):
             (port,) = _free_ports(1)
             self.url = f"https://127.0.0.1:{port}"
@@ -662,6 +696,10 @@ class ControlPlane(ClusterAccess):
                     f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                     "--allow-privileged=true",
                     "--endpoint-reconciler-type=none",
+                    f"--audit-policy-file={audit_policy}",
+                    f"--audit-log-path={self.audit_log}",
+                    "--audit-log-format=json",
+                    "--audit-log-mode=blocking",
                 ],
                 workdir / "logs" / "kube-apiserver.log",
             )
