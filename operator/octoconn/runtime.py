@@ -24,7 +24,13 @@ from octoconn import errors, metrics, sync
 from octoconn.conditions import Event, HasConditions, Outcome, jittered, parse_time, retry_delay, utcnow
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
-from octoconn.models import ANNOTATION_RECONCILE_REQUESTED_AT, FINALIZER, PLURAL, OctopusDeployConnectionStatus
+from octoconn.models import (
+    ANNOTATION_RECONCILE_REQUESTED_AT,
+    FINALIZER,
+    OPERATOR_PREFIX,
+    PLURAL,
+    OctopusDeployConnectionStatus,
+)
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
 from octoconn.reconcile import ConnectionReconciler, Resource, SecretData, SecretReader, deletion_blocked
@@ -701,10 +707,13 @@ def _first_patch_landed(meta: Mapping[str, Any]) -> bool:
 
 
 def _fingerprint(body: Mapping[str, Any]) -> tuple[object, ...]:
-    """What a pass acts on besides status: generation (spec) and the annotations users set. Last: the re-check."""
+    """What a pass acts on besides status: generation (spec) and the annotations users set. Last: the re-check.
+
+    Every annotation but the operator's own bookkeeping (create marker, Kopf's progress) counts, as it did for Kopf's
+    update handlers: touching any annotation is a way to ask for a pass now."""
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    users = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("octoconn.dev/")))
+    users = tuple(sorted((k, v) for k, v in annotations.items() if not k.startswith(f"{OPERATOR_PREFIX}/")))
     return (
         meta.get("generation"),
         meta.get("deletionTimestamp") is not None,

@@ -346,12 +346,16 @@ def test_a_restart_makes_no_write(restartable: tuple[Kube, OperatorProcess], rem
     octopus_before = len(remotes.octopus.state.requests)
     version = remotes.octopus.state.projects.version(world.project_id)
     operator.start()
-    # A settled sync waits for its periodic check after a restart; an annotation wakes it for a full pass now.
-    world.syncs.patch("steady", {"metadata": {"annotations": {"example.com/touched": "yes"}}})
+    # A settled sync waits for its periodic check after a restart; an annotation change wakes it for a full pass
+    # now. Changes are seen from the watch once the sync's loop runs (a change made before that is in the body the
+    # loop starts from, and a settled sync waits anyway), so poke until the loop answers.
     deadline = time.monotonic() + 20
+    pokes = 0
     while not [r for r in remotes.infisical.state.requests[infisical_before:] if r.path == f"{SYNCS}/{sync_id}"]:
         assert time.monotonic() < deadline, "the restarted operator never read the sync back"
-        time.sleep(0.25)
+        pokes += 1
+        world.syncs.patch("steady", {"metadata": {"annotations": {"example.com/touched": str(pokes)}}})
+        time.sleep(1)
     time.sleep(2)  # a negative check: give a (wrong) write that would follow the read time to happen
     # The session operator may still serve earlier tests' resources: look only at what can be this sync's.
     assert [m for m, _ in world.infisical_requests_of("steady", since=infisical_before) if m != "GET"] == []

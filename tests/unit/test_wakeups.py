@@ -1,0 +1,148 @@
+"""Which watch events wake a resource's loop, now that Kopf keeps no diff base: ``Runtime.observe`` for both kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from octoconn.conditions import Event, Outcome
+from octoconn.models import ANNOTATION_PENDING_CREATE, PLURAL
+from octoconn.runtime import FirstPatch, Runtime, StatusMemory
+from octoconn.sync_models import PLURAL as SYNC_PLURAL
+
+
+@dataclass
+class Passes:
+    """A kind whose passes are counted; it writes no status, so no Kubernetes client is needed."""
+
+    plural: str
+    bodies: list[Mapping[str, Any]] = field(default_factory=list)
+    ran: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def parse(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        return body
+
+    def key(self, res: Mapping[str, Any]) -> tuple[str, str]:
+        return res["metadata"]["namespace"], res["metadata"]["name"]
+
+    async def reconcile(self, res: Mapping[str, Any], *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
+        self.bodies.append(res)
+        self.ran.set()
+        return Outcome(status=SimpleNamespace(condition=lambda _: None, to_patch=lambda: {"seen": fresh}))
+
+    def needs_write(self, res: Mapping[str, Any], outcome: Outcome[Any], now: float) -> bool:
+        return False
+
+    def status_patch(self, res: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def settled(self, res: Mapping[str, Any]) -> bool:
+        return False
+
+    async def finalize(self, res: Mapping[str, Any]) -> list[Event]:
+        return []
+
+    def deletion_blocked(self, res: Mapping[str, Any], error: Any, now: datetime) -> Any:
+        raise AssertionError("not deleted here")
+
+    def observe(self, res: Mapping[str, Any], outcome: Outcome[Any] | None, seconds: float) -> None:
+        return None
+
+    def observe_status(self, res: Mapping[str, Any]) -> None:
+        return None
+
+    def observe_blocked(self, res: Mapping[str, Any]) -> None:
+        return None
+
+    def forget_metrics(self, res: Mapping[str, Any]) -> None:
+        return None
+
+
+def body(generation: int, annotations: dict[str, str] | None = None, status: dict[str, Any] | None = None) -> Any:
+    meta = {"namespace": "ns", "name": "same", "uid": "u", "generation": generation, "annotations": annotations or {}}
+    return {"metadata": meta, "status": status or {}}
+
+
+class StatusLog:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, Mapping[str, Any]]] = []
+
+    async def patch_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str
+    ) -> dict[str, Any] | None:
+        self.patches.append((plural, status))
+        return None
+
+
+def runtime(kube: StatusLog) -> Runtime:
+    settings = SimpleNamespace(max_workers=4, resync_interval_seconds=3600, retry_backoff_cap_seconds=60)
+    return Runtime(
+        settings=settings,  # type: ignore[arg-type]
+        kube=None,  # type: ignore[arg-type]
+        octopus=None,  # type: ignore[arg-type]
+        stores=None,  # type: ignore[arg-type]
+        reconciler=None,  # type: ignore[arg-type]
+        sync_reconciler=None,  # type: ignore[arg-type]
+        statuses=StatusMemory(kube),  # type: ignore[arg-type]
+        secrets=None,  # type: ignore[arg-type]
+    )
+
+
+async def next_pass(kind: Passes) -> bool:
+    """Whether a pass runs within a second (``ran`` is cleared before the change is observed)."""
+    try:
+        await asyncio.wait_for(kind.ran.wait(), 1)
+    except TimeoutError:
+        return False
+    finally:
+        kind.ran.clear()
+    return True
+
+
+async def test_a_sync_wakes_on_its_spec_or_an_annotation_but_not_on_its_status_or_a_connection() -> None:
+    kube = StatusLog()
+    rt = runtime(kube)
+    syncs, connections = Passes(SYNC_PLURAL), Passes(PLURAL)
+    current = {"sync": body(1), "connection": body(1)}
+    stop = asyncio.Event()
+    log = logging.getLogger("tests.wakeups")
+    loops = [
+        asyncio.create_task(rt.loop(syncs, lambda: current["sync"], lambda _: None, log, stop.wait)),
+        asyncio.create_task(rt.loop(connections, lambda: current["connection"], lambda _: None, log, stop.wait)),
+    ]
+    try:
+        assert await next_pass(syncs)  # the first passes
+        assert await next_pass(connections)
+
+        current["sync"] = body(1, status={"id": "written by the operator"})
+        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        assert not await next_pass(syncs)  # the echo of a status write
+
+        current["sync"] = body(1, annotations={ANNOTATION_PENDING_CREATE: "bookkeeping"})
+        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        assert not await next_pass(syncs)
+
+        current["sync"] = body(2)
+        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        assert await next_pass(syncs)
+        assert syncs.bodies[-1]["metadata"]["generation"] == 2
+        assert len(connections.bodies) == 1  # a connection of the same name was not woken
+
+        current["sync"] = body(2, annotations={"example.com/touched": "yes"})
+        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        assert await next_pass(syncs)
+
+        current["connection"] = body(1, annotations={"octoconn.dev/reconcile-requested-at": "now"})
+        rt.observe(current["connection"])
+        assert await next_pass(connections)
+        assert len(syncs.bodies) == 3
+        # A re-check the user asked for is written even though the kind found nothing worth a write.
+        assert kube.patches == [(PLURAL, {"seen": True})]
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
