@@ -475,9 +475,10 @@ def main() -> int:
             infisical.state.faults.rate_limit(reads_per_minute=60, writes_per_minute=200)
         api = cluster.kubernetes_api_client()
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        crd_file = ROOT / "crds" / "octoconn.dev_octopusdeployconnections.yaml"
-        cluster.kubectl("apply", "--server-side", "-f", str(crd_file))
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
+        # Both kinds: the operator watches secret syncs too (none are made here).
+        for kind in ("octopusdeployconnections", "octopusdeploysecretsyncs"):
+            cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / f"octoconn.dev_{kind}.yaml"))
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{kind}.{GROUP}")
         key = octopus.state.issue_key()
         for namespace in (NAMESPACE, FLOOR_NAMESPACE):
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
