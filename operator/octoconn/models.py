@@ -385,6 +385,15 @@ class OctopusDeployConnectionStatus(_Model):
         ),
     ] = None
     observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
+    handled_reconcile_request: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Value of the octoconn.dev/reconcile-requested-at annotation at the last check, so that a value set "
+                "while the operator was stopped is acted on when it starts."
+            ),
+        ),
+    ] = None
     pending_create: Annotated[
         PendingCreate | None,
         Field(

@@ -479,6 +479,7 @@ class ConnectionReconciler:
         now = self._clock()
         status = res.status.model_copy(deep=True)
         status.observed_generation = res.generation
+        status.handled_reconcile_request = res.reconcile_requested_at
         status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
         if res.paused:
             return self._finish(res, status, now, synced=("False", "ReconcilePaused", _PAUSED_MESSAGE))

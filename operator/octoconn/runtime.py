@@ -152,11 +152,13 @@ class ConnectionLifecycle:
         metrics.forget_resource(res.namespace, res.name)
 
     async def settled(self, res: Resource) -> bool:
-        """Ready, reconciled at this generation, and its Secret unchanged since: nothing to do right now."""
+        """Ready, reconciled at this generation, no re-check asked for since, its Secret unchanged: nothing to do."""
         status = res.status
         ready = status.condition("Ready")
         if res.paused or ready is None or ready.status != "True" or status.observed_generation != res.generation:
             return False
+        if res.reconcile_requested_at != status.handled_reconcile_request:
+            return False  # a re-check asked for while the operator was stopped
         if not status.id or not status.secret_resource_version:
             return False
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.cluster.conftest import Kube, Remotes, operator_env, own_namespace
+from tests.cluster.conftest import Kube, Remotes, operator_env, own_namespace, request_reconcile
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.controlplane import ClusterAccess
 
@@ -66,18 +66,22 @@ def test_restart_checks_changed_resources_now_and_spreads_the_rest(
 ) -> None:
     kube, operator = restartable
     operator.start()
-    kube.put_secret("steady-key", {"apiKey": remotes.new_key()})
-    kube.put_secret("rotated-key", {"apiKey": remotes.new_key()})
-    for name in ("steady", "rotated"):
+    names = ("steady", "rotated", "requested")
+    for name in names:
+        kube.put_secret(f"{name}-key", {"apiKey": remotes.new_key()})
         kube.apply_odc(name, {"instanceUrl": remotes.octopus_url, "apiKeySecretRef": {"name": f"{name}-key"}})
     steady = kube.wait_condition("steady", "Ready", "True", "Available")["status"]
-    kube.wait_condition("rotated", "Ready", "True", "Available")
+    for name in names[1:]:
+        kube.wait_condition(name, "Ready", "True", "Available")
     operator.stop()
 
     new_version = kube.put_secret("rotated-key", {"apiKey": remotes.new_key()})  # rotated while the operator is down
+    request_reconcile(kube, "requested")  # a re-check asked for while the operator is down
+    stamp = kube.odc("requested")["metadata"]["annotations"]["octoconn.dev/reconcile-requested-at"]  # type: ignore[index]
     before = len(remotes.infisical.state.requests)
     operator.start()
     kube.wait_status("rotated", lambda s: s.get("secretResourceVersion") == new_version, "the rotation", 20)
+    kube.wait_status("requested", lambda s: s.get("handledReconcileRequest") == stamp, "the asked-for re-check", 20)
     # The unchanged resource was not re-read at start: its check is spread over the (hour-long) interval.
     reads_of_steady = [r for r in remotes.infisical.state.requests[before:] if r.path.endswith(steady["id"])]
     assert reads_of_steady == []
