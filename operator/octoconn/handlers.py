@@ -144,7 +144,8 @@ async def sync_loop(
     body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
     runtime: Runtime = memo.runtime
-    runtime.sync_peers = kwargs["sync_destinations"]  # the same live index for every sync
+    runtime.sync_peers = kwargs["sync_destinations"]  # the same live indexes for every sync
+    runtime.sync_owners = kwargs["syncs_by_id"]
     await runtime.loop(runtime.syncs, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
 
 
@@ -177,6 +178,12 @@ def sync_destinations(
         environment=(spec.get("source") or {}).get("environment") or "",
     )
     return {destination_key(dest["instanceUrl"], dest["spaceId"], dest["projectId"]): peer}
+
+
+@kopf.index(*ODSS, id="syncs_by_id")
+def syncs_by_id(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+    sync_id = status.get("id")
+    return {sync_id: f"{namespace}/{name}"} if sync_id else None
 
 
 def _used_by_a_sync(type: str | None, namespace: str | None, name: str, **kwargs: Any) -> bool:

@@ -7,7 +7,8 @@ so every decision can be exercised without a cluster.
 One pass (``ConnectionReconciler.reconcile``):
 1. paused? -> no remote calls, ``Synced=False/ReconcilePaused``;
 2. read the API key from the Secret and verify it with Octopus (``CredentialsVerified``);
-3. find the Infisical connection (by recorded id; after a crash mid-create, by name after the pending marker);
+3. find the Infisical connection (by recorded id; after a create whose answer was lost, or a crash mid-create, by
+   name, and then only one ``octoconn.ownership`` shows to be this resource's own);
 4. create it (straight away: the name is looked up only when Infisical says it is taken), or PATCH only what
    differs: ``credentials`` only when the key or URL changed, or when someone else rewrote them (Infisical's
    ``credentialsHash`` moved) — every credentials write changes that hash. A create or update Infisical refused
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from octoconn import conditions, errors
+from octoconn import conditions, errors, ownership
 from octoconn.conditions import (
     READY,
     TRANSIENT,
@@ -65,10 +66,6 @@ CREDENTIALS_VERIFIED = "CredentialsVerified"
 SYNCED = "Synced"
 # CredentialsVerified=True with this reason: the key works but expires within the warning window. Ready stays True.
 KEY_EXPIRING_SOON = "ApiKeyExpiringSoon"
-
-# A connection found by name after a crash mid-create is ours if Infisical created it after our marker;
-# the margin absorbs clock skew between the operator and Infisical.
-PENDING_CREATE_SKEW = timedelta(minutes=2)
 
 
 # --- ports -------------------------------------------------------------------------------------------------------
@@ -450,16 +447,19 @@ class ConnectionReconciler:
         # together with the resource; this lets the finalizer still reach Infisical (until a restart).
         self._tenant_stores: dict[str, ConnectionStore] = {}
         # uid -> the create marker this process wrote. Any other marker (an earlier process's, another replica's)
-        # may stand for a create whose answer was lost, and so may ours once a create's answer was lost (listed in
-        # _unsure_creates): only then is the name looked up before creating.
+        # may stand for a create whose answer was lost, and so may ours once a create's answer was lost (kept in
+        # _creates): only then is the name looked up before creating.
         self._own_markers: dict[str, str] = {}
-        self._unsure_creates: set[str] = set()
+        # uid -> the create this process sent and whose result is not yet in the resource's status: when it went out
+        # and, once answered, the id. Kept until the status records an id, so a failure after the create (the
+        # adoption's update, the status write) never turns our own connection into a stranger's.
+        self._creates: dict[str, _SentCreate] = {}
         self._verifications = VerificationCache(octopus, ttl=verify_ttl)
 
     def forget(self, uid: str) -> None:
         self._pushed_keys.pop(uid, None)
         self._tenant_stores.pop(uid, None)
-        self._unsure_creates.discard(uid)
+        self._creates.pop(uid, None)
         self._own_markers.pop(uid, None)
 
     def remember_marker(self, uid: str, marker: str) -> None:
@@ -481,6 +481,8 @@ class ConnectionReconciler:
         status.observed_generation = res.generation
         status.handled_reconcile_request = res.reconcile_requested_at
         status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
+        if res.status.id:
+            self._creates.pop(res.uid, None)  # recorded: the status is the proof from now on
         if res.paused:
             return self._finish(res, status, now, synced=("False", "ReconcilePaused", _PAUSED_MESSAGE))
 
@@ -613,17 +615,18 @@ class ConnectionReconciler:
             if res.uid not in self._tenant_stores:
                 raise
             store = self._tenant_stores[res.uid]
-        connection_id = res.status.id
-        if connection_id is None and res.pending_create is not None:
-            marker = res.pending_create
-            try:
-                ours, _ = await self._lookup(store, marker, name=marker.name, project_id=marker.project_id)
-            except errors.NameConflict:
-                ours = None  # another app's connection holds the name: the interrupted create made nothing
-            connection_id = ours.id if ours else None
+        connection_id = res.status.id or self._answered_create(res.uid)
         if connection_id is None:
-            self.forget(res.uid)
-            return [Event("Normal", "NothingToDelete", "No Infisical connection was ever recorded for this resource.")]
+            found, claim = await self._claim_for_deletion(res, store)
+            if found is None or claim is None:
+                self.forget(res.uid)
+                return [
+                    Event("Normal", "NothingToDelete", "No Infisical connection was ever recorded for this resource.")
+                ]
+            if not claim.ours:
+                self.forget(res.uid)
+                return [_left_in_place(found, claim)]
+            connection_id = found.id
         deleted = await store.delete(connection_id)
         # Only now: a failed delete is retried, and may need the remembered identity store again.
         self.forget(res.uid)
@@ -697,71 +700,12 @@ class ConnectionReconciler:
             remote = await store.get(res.status.id)
             recreate = remote is None
 
+        if remote is None and not recreate and self._answered_create(res.uid):
+            remote = await store.get(self._creates[res.uid].id or "")  # ours: only the status write was missed
+            if remote is None:
+                self._creates.pop(res.uid, None)  # deleted since: create it again
         if remote is None:
-            marker = None if recreate else res.pending_create
-            written = res.annotations.get(ANNOTATION_PENDING_CREATE)
-            if marker is None and not recreate and first_patch is not None:
-                written = (await first_patch()).get(ANNOTATION_PENDING_CREATE)
-                marker = parse_marker(written)
-            ours_only = written is not None and self._own_markers.get(res.uid) == written
-            if marker is not None and (res.uid in self._unsure_creates or not ours_only):
-                # An earlier create may have succeeded without us hearing back: look before creating again.
-                ours, existing = await self._lookup(store, marker, name=name, project_id=res.spec.project_id)
-                if ours is not None:
-                    self._unsure_creates.discard(res.uid)
-                    remote = await self._update(res, store, ours, api_key, url, key_changed=True)
-                    return remote, Event(
-                        "Normal", "Adopted", f"Adopted {name} ({remote.id}) created by an earlier try."
-                    )
-                if existing is not None:
-                    return await self._take_over(res, store, existing, api_key, url)
-            elif marker is None and not recreate:
-                # Normally written together with the finalizer when the resource appeared; this is the fallback.
-                fallback = new_marker(res.spec, res.name, now)
-                await self._status_writer.patch_annotations(
-                    res.namespace, res.name, {ANNOTATION_PENDING_CREATE: fallback}
-                )
-                self._own_markers[res.uid] = fallback
-            # No name lookup first: a create costs one paced write, a lookup one paced read more. Infisical refuses
-            # a taken name, and only then is it worth looking at who holds it.
-            try:
-                remote = await self._write(
-                    res,
-                    status,
-                    "create",
-                    secret_version,
-                    lambda: store.create(
-                        name=name,
-                        description=description,
-                        project_id=res.spec.project_id,
-                        instance_url=url,
-                        api_key=api_key,
-                    ),
-                )
-            except errors.NameConflict:
-                self._unsure_creates.discard(res.uid)
-                existing = await store.get_by_name(name, project_id=res.spec.project_id)
-                if existing is None:
-                    raise
-                status.refused_write = None  # the name's holder decides now, not the create
-                return await self._take_over(res, store, existing, api_key, url)
-            except errors.OctoconnError as exc:
-                if exc.retry in _TRANSIENT:
-                    self._unsure_creates.add(res.uid)  # it may exist anyway: the next try looks first
-                else:
-                    self._unsure_creates.discard(res.uid)
-                    # A definite refusal created nothing: a marker left behind could let a later restart take a
-                    # connection someone else makes under this name for ours.
-                    await self._status_writer.patch_annotations(
-                        res.namespace, res.name, {ANNOTATION_PENDING_CREATE: None}
-                    )
-                raise
-            self._unsure_creates.discard(res.uid)
-            self._own_markers.pop(res.uid, None)  # recorded in status from now on
-            if recreate:
-                message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
-                return remote, Event("Warning", "DriftRepaired", message)
-            return remote, Event("Normal", "Created", f"Created Infisical connection {name} ({remote.id}).")
+            return await self._create(res, status, store, api_key, secret_version, url, now, first_patch, recreate)
 
         key_changed = self._key_changed(res, api_key, secret_version)
         plan = plan_update(
@@ -791,6 +735,192 @@ class ConnectionReconciler:
             return updated, Event("Warning", "DriftRepaired", message)
         changed = [label for label, on in _plan_labels(plan) if on]
         return updated, Event("Normal", "Updated", f"Updated {', '.join(changed)} of connection {updated.id}.")
+
+    async def _create(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        store: ConnectionStore,
+        api_key: str,
+        secret_version: str,
+        url: str,
+        now: datetime,
+        first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None,
+        recreate: bool,
+    ) -> tuple[AppConnection, Event]:
+        """No connection is recorded: adopt the one an unanswered create of ours made, or create it."""
+        name, project_id = res.connection_name, res.spec.project_id
+        evidence, sent = ownership.Evidence(None), (name, project_id)
+        if not recreate:
+            marker, written = await self._marker(res, now, first_patch)
+            evidence, sent = self._evidence(res, marker, written)
+        if evidence.sent_after is not None:
+            # A create of ours may have succeeded without us hearing back: look before creating again.
+            found = await store.get_by_name(sent[0], project_id=sent[1])
+            if found is not None:
+                claim = self._claim(res, found, evidence, sent, url, now)
+                if claim.ours or sent == (name, project_id):
+                    return await self._settle(res, store, found, claim, api_key, url)
+        # No name lookup otherwise: a create costs one paced write, a lookup one paced read more. Infisical refuses
+        # a taken name, and only then is it worth looking at who holds it.
+        try:
+            remote = await self._send_create(res, status, store, api_key, secret_version, url, now)
+        except errors.NameConflict:
+            existing = await store.get_by_name(name, project_id=project_id)
+            if existing is None:
+                raise
+            status.refused_write = None  # the name's holder decides now, not the create
+            claim = self._claim(res, existing, evidence, (name, project_id), url, now)
+            if not claim.ours:
+                self._creates.pop(res.uid, None)
+                if evidence.sent_after is None:
+                    # Our only create was refused, so it made nothing: a marker left behind could let a finalizer
+                    # or a restart take the holder's connection for ours.
+                    await self._clear_marker(res)
+            return await self._settle(res, store, existing, claim, api_key, url)
+        if recreate:
+            message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
+            return remote, Event("Warning", "DriftRepaired", message)
+        return remote, Event("Normal", "Created", f"Created Infisical connection {name} ({remote.id}).")
+
+    async def _marker(
+        self, res: Resource, now: datetime, first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None
+    ) -> tuple[PendingCreate | None, str | None]:
+        """The create marker (and its annotation value), written here if Kopf's first patch did not carry it."""
+        written = res.annotations.get(ANNOTATION_PENDING_CREATE)
+        if written is None and first_patch is not None:
+            written = (await first_patch()).get(ANNOTATION_PENDING_CREATE)
+        marker = parse_marker(written) or res.status.pending_create
+        if marker is None:
+            # Normally written together with the finalizer when the resource appeared; this is the fallback.
+            written = new_marker(res.spec, res.name, now)
+            await self._status_writer.patch_annotations(res.namespace, res.name, {ANNOTATION_PENDING_CREATE: written})
+            self._own_markers[res.uid] = written
+        return marker, written
+
+    def _evidence(
+        self, res: Resource, marker: PendingCreate | None, written: str | None
+    ) -> tuple[ownership.Evidence, tuple[str, str | None]]:
+        """What shows that a create of this resource's may have been sent, and under which name and project."""
+        sent = self._creates.get(res.uid)
+        if sent is not None:
+            return ownership.Evidence(sent.sent_at, lost_answer=True), (sent.name, sent.project_id)
+        # A marker this process wrote stands for no create: it would be in _creates. Anyone else's may.
+        started = parse_time(marker.started_at) if marker is not None else None
+        if marker is not None and started is not None and self._own_markers.get(res.uid) != written:
+            return ownership.Evidence(started), (marker.name, marker.project_id)
+        return ownership.Evidence(None), (res.connection_name, res.spec.project_id)
+
+    def _claim(
+        self,
+        res: Resource,
+        found: AppConnection,
+        evidence: ownership.Evidence,
+        sent: tuple[str, str | None],
+        url: str,
+        now: datetime,
+    ) -> ownership.Claim:
+        differences = ignored_by_infisical(
+            found, name=sent[0], description=res.spec.description, project_id=sent[1], instance_url=url
+        )
+        return ownership.claim(
+            me=_ref(res),
+            recorders=self._owners_of(found.id),
+            created_at=found.created_at,
+            differences=differences,
+            evidence=evidence,
+            now=now,
+        )
+
+    async def _settle(
+        self,
+        res: Resource,
+        store: ConnectionStore,
+        found: AppConnection,
+        claim: ownership.Claim,
+        api_key: str,
+        url: str,
+    ) -> tuple[AppConnection, Event]:
+        """Adopt a connection shown to be ours; anything else is taken over only as ``_take_over`` allows."""
+        if not claim.ours:
+            return await self._take_over(res, store, found, api_key, url)
+        remote = await self._update(res, store, found, api_key, url, key_changed=True)
+        sent = self._creates.get(res.uid)  # a failed update keeps it as it was: the next try claims again
+        self._creates[res.uid] = _SentCreate(
+            sent_at=sent.sent_at if sent else self._clock(), name=found.name, project_id=found.project_id, id=found.id
+        )
+        message = f"Adopted Infisical connection {found.name} ({found.id}): {claim.why}."
+        return remote, Event("Normal", "Adopted", message)
+
+    async def _send_create(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        store: ConnectionStore,
+        api_key: str,
+        secret_version: str,
+        url: str,
+        now: datetime,
+    ) -> AppConnection:
+        name, project_id = res.connection_name, res.spec.project_id
+        # Remembered before it goes out: an answer that never comes (timeout, dropped connection, a 5xx after
+        # Infisical acted) leaves this behind as the proof that the connection found under the name is ours.
+        self._creates.setdefault(res.uid, _SentCreate(sent_at=now, name=name, project_id=project_id))
+        try:
+            remote = await self._write(
+                res,
+                status,
+                "create",
+                secret_version,
+                lambda: store.create(
+                    name=name,
+                    description=res.spec.description,
+                    project_id=project_id,
+                    instance_url=url,
+                    api_key=api_key,
+                ),
+            )
+        except errors.NameConflict:
+            raise  # the caller looks at who holds the name
+        except errors.OctoconnError as exc:
+            if exc.retry not in _TRANSIENT:
+                # A definite refusal created nothing: a marker left behind could let a later restart take a
+                # connection someone else makes under this name for ours.
+                self._creates.pop(res.uid, None)
+                await self._clear_marker(res)
+            raise
+        self._creates[res.uid] = _SentCreate(sent_at=now, name=name, project_id=project_id, id=remote.id)
+        self._own_markers.pop(res.uid, None)
+        return remote
+
+    async def _clear_marker(self, res: Resource) -> None:
+        await self._status_writer.patch_annotations(res.namespace, res.name, {ANNOTATION_PENDING_CREATE: None})
+        self._own_markers.pop(res.uid, None)
+
+    def _answered_create(self, uid: str) -> str | None:
+        """The id of a connection this process created for the resource, before its status recorded it."""
+        sent = self._creates.get(uid)
+        return sent.id if sent is not None else None
+
+    async def _claim_for_deletion(
+        self, res: Resource, store: ConnectionStore
+    ) -> tuple[AppConnection | None, ownership.Claim | None]:
+        """Nothing recorded: the connection a create of ours may have made, and whether it is provably ours."""
+        marker = res.pending_create
+        evidence, sent = self._evidence(res, marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        if evidence.sent_after is None and marker is None:
+            return None, None
+        try:
+            found = await store.get_by_name(sent[0], project_id=sent[1])
+        except errors.NameConflict:
+            return None, None  # another app's connection holds the name: the interrupted create made nothing
+        if found is None:
+            return None, None
+        try:
+            url = normalize_instance_url(res.spec.instance_url)
+        except errors.OctoconnError:
+            url = res.spec.instance_url
+        return found, self._claim(res, found, evidence, sent, url, self._clock())
 
     async def _write(
         self,
@@ -857,18 +987,6 @@ class ConnectionReconciler:
         if plan.push_credentials:
             kwargs["credentials"] = (url, api_key)
         return await store.update(connection_id, **kwargs)
-
-    async def _lookup(
-        self, store: ConnectionStore, marker: PendingCreate | None, *, name: str, project_id: str | None
-    ) -> tuple[AppConnection | None, AppConnection | None]:
-        """Find the connection by name: (ours from an interrupted create, or None; anyone's under ``name``)."""
-        if marker is not None:
-            found = await store.get_by_name(marker.name, project_id=marker.project_id)
-            if found is not None and _created_after(found, marker):
-                return found, None
-            if (marker.name, marker.project_id) == (name, project_id):
-                return None, found
-        return None, await store.get_by_name(name, project_id=project_id)
 
     def _finish(
         self,
@@ -949,9 +1067,25 @@ def _not_text_message(res: Resource, secret: str, key: str, looks_like: str) -> 
     return message + "."
 
 
-def _created_after(connection: AppConnection, marker: PendingCreate) -> bool:
-    started, created = parse_time(marker.started_at), parse_time(connection.created_at)
-    return started is not None and created is not None and created >= started - PENDING_CREATE_SKEW
+@dataclass
+class _SentCreate:
+    sent_at: datetime
+    name: str
+    project_id: str | None
+    id: str | None = None  # set once Infisical answered
+
+
+def _ref(res: Resource) -> str:
+    return f"{res.namespace}/{res.name}"
+
+
+def _left_in_place(found: AppConnection, claim: ownership.Claim) -> Event:
+    return Event(
+        "Warning",
+        "LeftInPlace",
+        f"Infisical connection {found.name} ({found.id}) was left in place: {claim.why}, so this resource cannot "
+        "show that it created it. Delete it in Infisical if nobody uses it.",
+    )
 
 
 def _plan_labels(plan: PatchPlan) -> list[tuple[str, bool]]:

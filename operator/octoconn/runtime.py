@@ -391,6 +391,8 @@ class Runtime:
     connection_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     # destination key -> the secret syncs whose status records it; Kopf's live index, set by the handlers.
     sync_peers: Mapping[str, Iterable[PeerSync]] = field(default_factory=dict)
+    # secret sync id -> "namespace/name" of the syncs recording it; Kopf's live index, set by the handlers.
+    sync_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     # Bounds how many resources reconcile at once (OCTOCONN_MAX_WORKERS); created lazily inside the event loop.
     _slots: asyncio.Semaphore | None = None
     _metrics_server: Any = None  # aiohttp's AppRunner, while /metrics is served
@@ -434,6 +436,7 @@ class Runtime:
             stores=stores,
             status_writer=statuses,
             peers_at=lambda key: runtime.sync_peers.get(key, ()),
+            owners_of=lambda sync_id: runtime.sync_owners.get(sync_id, ()),
         )
         runtime = cls(
             settings=settings,

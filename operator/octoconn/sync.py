@@ -27,10 +27,10 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
-from octoconn import conditions, errors
+from octoconn import conditions, errors, ownership
 from octoconn.conditions import (
     READY,
     TRANSIENT,
@@ -60,8 +60,6 @@ from octoconn.sync_models import (
 DESTINATION_VERIFIED = "DestinationVerified"
 SYNCED = "Synced"
 
-# A sync found by name after a crash mid-create is ours if Infisical created it after our marker.
-PENDING_CREATE_SKEW = timedelta(minutes=2)
 # While Infisical works (pending/running) the status is read again after these delays, the last one repeating.
 POLL_DELAYS = (2.0, 3.0, 5.0, 8.0, 10.0)
 _MESSAGE_LIMIT = 1024
@@ -441,9 +439,12 @@ class SyncReconciler:
         stores: SyncStoreFactory,
         status_writer: StatusWriter,
         peers_at: Callable[[str], Iterable[PeerSync]] = lambda _: (),
+        owners_of: Callable[[str], Iterable[str]] = lambda _: (),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        """``peers_at(destination_key)``: every OctopusDeploySecretSync whose status records that destination."""
+        """``peers_at(destination_key)``: every OctopusDeploySecretSync whose status records that destination.
+        ``owners_of(sync_id)``: the ``namespace/name`` of every OctopusDeploySecretSync that records that sync."""
+        self._owners_of = owners_of
         self._connections = connections
         self._secrets = secrets
         self._octopus = octopus
@@ -476,7 +477,7 @@ class SyncReconciler:
 
         destination_ok = self._verified(res, status, connection)
         try:
-            remote = await self._find(res, status, store)
+            remote = await self._find(res, status, store, connection.status.id)
             if not destination_ok or remote is None:
                 await self._verify_destination(res, status, connection, api_key, now)
             else:
@@ -545,7 +546,12 @@ class SyncReconciler:
         sync_id = res.status.id
         if sync_id is None and res.status.pending_create is not None:
             found = await store.get_sync_by_name(res.status.pending_create.name, project_id=res.spec.source.project_id)
-            sync_id = found.id if found is not None and _created_after(found, res.status.pending_create) else None
+            marker = res.status.pending_create
+            claim = self._claim(res, found, marker, res.status.connection_id) if found is not None else None
+            if found is not None and claim is not None and not claim.ours:
+                self.forget(res.uid)
+                return [_left_in_place(found, claim)]
+            sync_id = found.id if found is not None else None
         if sync_id is None:
             self.forget(res.uid)
             return [Event("Normal", "NothingToDelete", "No Infisical secret sync was ever recorded for this resource.")]
@@ -633,17 +639,39 @@ class SyncReconciler:
         )
 
     async def _find(
-        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore, connection_id: str | None
     ) -> SecretSync | None:
         if res.status.id:
             return await store.get_sync(res.status.id)  # None: deleted in Infisical, recreated below
         marker = res.status.pending_create
         if marker is not None:
             found = await store.get_sync_by_name(marker.name, project_id=res.spec.source.project_id)
-            if found is not None and _created_after(found, marker):
+            if found is not None and self._claim(res, found, marker, connection_id).ours:
                 status.pending_create = None
                 return found
         return None
+
+    def _claim(
+        self, res: SyncResource, found: SecretSync, marker: PendingSyncCreate, connection_id: str | None
+    ) -> ownership.Claim:
+        """Whether a sync found under the marker's name is the one this resource's create made (octoconn.ownership).
+
+        The marker is written just before the create is sent, so it dates both a crash and a lost answer."""
+        differences = []
+        if connection_id and found.connection_id != connection_id:
+            differences.append(f"it uses connection {found.connection_id}, not {connection_id}")
+        destination = res.status.destination
+        remote_project = found.destination_config.get("projectId")
+        if destination is not None and destination.project_id and remote_project != destination.project_id:
+            differences.append(f"it syncs into Octopus project {remote_project}, not {destination.project_id}")
+        return ownership.claim(
+            me=res.ref,
+            recorders=self._owners_of(found.id),
+            created_at=found.created_at,
+            differences=differences,
+            evidence=ownership.Evidence(parse_time(marker.started_at)),
+            now=self._clock(),
+        )
 
     async def _verify_destination(
         self,
@@ -890,6 +918,10 @@ def _where(destination: ResolvedDestination | None) -> str:
     return f"Octopus project {destination.project_name} ({destination.project_id})"
 
 
-def _created_after(sync: SecretSync, marker: PendingSyncCreate) -> bool:
-    started, created = parse_time(marker.started_at), parse_time(sync.created_at)
-    return started is not None and created is not None and created >= started - PENDING_CREATE_SKEW
+def _left_in_place(found: SecretSync, claim: ownership.Claim) -> Event:
+    return Event(
+        "Warning",
+        "LeftInPlace",
+        f"Infisical secret sync {found.name} ({found.id}) was left in place: {claim.why}, so this resource cannot "
+        "show that it created it. Delete it in Infisical if nobody uses it.",
+    )

@@ -71,6 +71,7 @@ class Setup:
     infisical_project: str
     key: str
     peers: dict[str, list[PeerSync]]
+    owners: dict[str, list[str]] = field(default_factory=dict)
 
     def resource(
         self,
@@ -147,6 +148,7 @@ async def setup(octopus: OctopusServer, infisical: InfisicalServer) -> AsyncIter
     }
     octopus_client = OctopusClient(allow_http=True, timeout=5)
     peers: dict[str, list[PeerSync]] = {}
+    owners: dict[str, list[str]] = {}
     reconciler = SyncReconciler(
         connections=kube,
         secrets=kube,
@@ -154,8 +156,9 @@ async def setup(octopus: OctopusServer, infisical: InfisicalServer) -> AsyncIter
         stores=Stores(client),
         status_writer=kube,
         peers_at=lambda k: peers.get(k, []),
+        owners_of=lambda sync_id: owners.get(sync_id, []),
     )
-    yield Setup(octopus, infisical, client, kube, reconciler, project_id, infisical_project, key, peers)
+    yield Setup(octopus, infisical, client, kube, reconciler, project_id, infisical_project, key, peers, owners)
     await client.aclose()
     await octopus_client.aclose()
 
@@ -224,6 +227,39 @@ async def test_crash_between_create_and_status_write_adopts(setup: Setup) -> Non
     second = await setup.reconciler.reconcile(setup.resource(marker))
     assert second.status.id == first.status.id
     assert setup.writes() == [("POST", SYNCS)]
+
+
+async def test_a_create_whose_answer_was_lost_is_adopted_and_deleted_as_its_own(setup: Setup) -> None:
+    setup.infisical.state.faults.drop(after_action=True, path_prefix=SYNCS, method="POST")
+    first = await setup.reconciler.reconcile(setup.resource())
+    assert first.error is not None
+    assert first.status.id is None
+    [made] = setup.infisical.state.syncs.all()
+    second = await setup.reconciler.reconcile(setup.resource(first.status))
+    assert second.error is None, second.error
+    assert second.status.id == made["id"]
+    assert [m for m, _ in setup.writes()] == ["POST"]
+    # Deleted as its own even though its status never recorded it.
+    events = await setup.reconciler.finalize(setup.resource(first.status))
+    assert [e.reason for e in events] == ["Deleted"]
+    assert setup.infisical.state.syncs.all() == []
+
+
+async def test_a_sync_another_resource_records_is_neither_adopted_nor_deleted(setup: Setup) -> None:
+    first = await setup.reconciler.reconcile(setup.resource())
+    assert first.status.id is not None
+    setup.owners[first.status.id] = ["team/other"]  # another sync's status records it
+    marker = OctopusDeploySecretSyncStatus.model_validate({"pendingCreate": setup.kube.patches[0]["pendingCreate"]})
+    second = await setup.reconciler.reconcile(setup.resource(marker))
+    assert second.status.id is None
+    assert second.error is not None
+    assert second.error.reason == "NameConflict"
+    events = await setup.reconciler.finalize(setup.resource(marker))
+    assert [(e.type, e.reason) for e in events] == [("Warning", "LeftInPlace")]
+    assert first.status.id in events[0].message
+    assert "team/other" in events[0].message
+    assert [s["id"] for s in setup.infisical.state.syncs.all()] == [first.status.id]
+    assert [m for m, _ in setup.writes()] == ["POST"]
 
 
 async def test_name_taken_by_a_sync_made_elsewhere_is_a_conflict(setup: Setup) -> None:

@@ -84,6 +84,7 @@ Behaviour → the test in tests/servers/test_infisical_server.py that checks it:
 | Fault: 500                               | test_fault_error |
 | Fault: latency                           | test_fault_latency |
 | Fault: dropped connection                | test_fault_drop |
+| Fault: answer lost after the write       | test_fault_after_action_keeps_the_write |
 | Faults cleared                           | test_faults_clear |
 | Requests recorded, secrets redacted      | test_requests_are_recorded_with_secrets_redacted |
 | Outbound calls recorded, key redacted    | test_outbound_calls_are_recorded_with_the_key_redacted |
@@ -728,6 +729,8 @@ class _Fault:
     remaining: int | None  # None = until cleared
     path_prefix: str | None
     status: int = 500
+    after_action: bool = False  # the request is carried out first; only its answer is lost or replaced
+    method: str | None = None  # only requests of this method
 
 
 @dataclass
@@ -749,13 +752,29 @@ class Faults:
         self.writes_per_minute: int | None = None
         self._windows = {"read": _Window(), "write": _Window()}
 
-    def error(self, status: int = 500, times: int | None = 1, *, path_prefix: str | None = None) -> None:
-        """Answer the next ``times`` requests (None = until cleared) with ``status`` and Infisical's error body."""
-        self._add(_Fault("error", times, path_prefix, status))
+    def error(
+        self,
+        status: int = 500,
+        times: int | None = 1,
+        *,
+        path_prefix: str | None = None,
+        after_action: bool = False,
+        method: str | None = None,
+    ) -> None:
+        """Answer the next ``times`` requests (None = until cleared) with ``status`` and Infisical's error body.
+        ``after_action``: carry the request out first, as a server that fails while answering does."""
+        self._add(_Fault("error", times, path_prefix, status, after_action, method))
 
-    def drop(self, times: int | None = 1, *, path_prefix: str | None = None) -> None:
-        """Close the next ``times`` connections without a response."""
-        self._add(_Fault("drop", times, path_prefix))
+    def drop(
+        self,
+        times: int | None = 1,
+        *,
+        path_prefix: str | None = None,
+        after_action: bool = False,
+        method: str | None = None,
+    ) -> None:
+        """Close the next ``times`` connections without a response (``after_action``: once the request is done)."""
+        self._add(_Fault("drop", times, path_prefix, after_action=after_action, method=method))
 
     def latency(self, seconds: float, *, path_prefix: str | None = None) -> None:
         """Delay every response by ``seconds`` until cleared."""
@@ -785,12 +804,14 @@ class Faults:
         with self._lock:
             self._queue.append(fault)
 
-    def _take(self, path: str) -> tuple[_Fault | None, float]:
+    def _take(self, path: str, method: str = "GET") -> tuple[_Fault | None, float]:
         with self._lock:
             prefix = self._latency_prefix
             delay = self._latency if prefix is None or path.startswith(prefix) else 0.0
             for fault in self._queue:
                 if fault.path_prefix is not None and not path.startswith(fault.path_prefix):
+                    continue
+                if fault.method is not None and fault.method != method:
                     continue
                 if fault.remaining is not None:
                     fault.remaining -= 1
@@ -1372,17 +1393,14 @@ class InfisicalServer(ThreadedServer):
         )
         self.state._record(record)
 
-        fault, delay = self.state.faults._take(request.path)
+        fault, delay = self.state.faults._take(request.path, request.method)
         if delay:
             await asyncio.sleep(delay)
-        if fault is not None and fault.kind == "drop":
-            record.fault = "drop"
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=500)  # never reaches the client: the connection is gone
+        if fault is not None and fault.kind == "drop" and not fault.after_action:
+            return self._drop(request, record)
         extra_headers: dict[str, str] = {}
         try:
-            if fault is not None:
+            if fault is not None and not fault.after_action:
                 record.fault = "error"
                 message = SOMETHING_WENT_WRONG if fault.status == 500 else f"Injected fault: HTTP {fault.status}"
                 raise ApiError(fault.status, message)
@@ -1413,8 +1431,21 @@ class InfisicalServer(ThreadedServer):
             # A bug in this double: answer like Infisical's generic handler, and say so loudly on stderr.
             log.exception("unexpected error in the Infisical test double for %s %s", request.method, request.path)
             response = _json_response(500, _internal().body(req_id), extra_headers)
+        if fault is not None and fault.after_action:
+            if fault.kind == "drop":
+                return self._drop(request, record)
+            record.fault = "error"
+            message = SOMETHING_WENT_WRONG if fault.status == 500 else f"Injected fault: HTTP {fault.status}"
+            response = _json_response(fault.status, ApiError(fault.status, message).body(req_id))
         record.status = response.status
         return response
+
+    @staticmethod
+    def _drop(request: web.Request, record: RecordedRequest) -> web.Response:
+        record.fault = "drop"
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)  # never reaches the client: the connection is gone
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
         octopus_paths = f"{CONNECTIONS_PREFIX}/{OCTOPUS_APP}"

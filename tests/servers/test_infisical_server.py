@@ -1235,6 +1235,20 @@ def test_fault_drop(infisical: InfisicalServer, api: httpx.Client) -> None:
     assert len(dropped) == 1
 
 
+def test_fault_after_action_keeps_the_write(
+    infisical: InfisicalServer, api: httpx.Client, octopus: OctopusServer
+) -> None:
+    before = len(infisical.state.connections())
+    infisical.state.faults.drop(after_action=True, path_prefix=BASE)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.post(BASE, json=connection_body(octopus, "first"))
+    infisical.state.faults.error(500, after_action=True, path_prefix=BASE)
+    answered = api.post(BASE, json=connection_body(octopus, "second"))
+    assert answered.status_code == 500
+    assert len(infisical.state.connections()) == before + 2  # both were created; only the answers were lost
+    assert [r.fault for r in infisical.state.requests[-2:]] == ["drop", "error"]
+
+
 def test_faults_clear(infisical: InfisicalServer, api: httpx.Client) -> None:
     faults = infisical.state.faults
     faults.error(500, times=None)

@@ -1,0 +1,73 @@
+"""The ownership rule as a plain decision: which proof holds, which fails, and in which order they are asked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from octoconn.ownership import CREATE_SKEW, Evidence, claim
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+SENT = NOW - timedelta(minutes=1)
+MARKER = Evidence(SENT)
+
+
+def judge(
+    *,
+    recorders: tuple[str, ...] = (),
+    created: datetime | None = SENT + timedelta(seconds=1),
+    differences: tuple[str, ...] = (),
+    evidence: Evidence = MARKER,
+) -> tuple[str, str]:
+    result = claim(
+        me="team-b/b",
+        recorders=recorders,
+        created_at=created.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if created else None,
+        differences=differences,
+        evidence=evidence,
+        now=NOW,
+    )
+    return result.verdict, result.why
+
+
+def test_an_object_created_just_after_our_create_and_holding_what_it_sent_is_ours() -> None:
+    assert judge()[0] == "ours"
+    verdict, why = judge(evidence=Evidence(SENT, lost_answer=True))
+    assert verdict == "ours"
+    assert "answer was lost" in why
+
+
+def test_our_own_record_is_proof_whatever_else_is_said() -> None:
+    assert judge(recorders=("team-b/b",), created=None, evidence=Evidence(None))[0] == "ours"
+
+
+def test_another_resources_record_wins_over_every_time_window() -> None:
+    verdict, why = judge(recorders=("team-a/a",))
+    assert verdict == "others"
+    assert "team-a/a" in why
+
+
+def test_without_a_create_of_ours_nothing_is_ours() -> None:
+    verdict, why = judge(evidence=Evidence(None))
+    assert verdict == "unproven"
+    assert "never sent a create" in why
+
+
+@pytest.mark.parametrize(
+    ("created", "verdict"),
+    [
+        (SENT - CREATE_SKEW - timedelta(seconds=1), "unproven"),  # made by hand just before the resource
+        (SENT - CREATE_SKEW + timedelta(seconds=1), "ours"),  # clock skew between the operator and Infisical
+        (NOW + CREATE_SKEW + timedelta(seconds=1), "unproven"),  # a time Infisical cannot have written
+        (None, "unproven"),
+    ],
+)
+def test_the_time_window_is_the_skew_and_no_wider(created: datetime | None, verdict: str) -> None:
+    assert judge(created=created)[0] == verdict
+
+
+def test_an_object_that_does_not_hold_what_our_create_sent_is_not_ours() -> None:
+    verdict, why = judge(differences=("it stored the instance URL 'https://other' instead of 'https://mine'",))
+    assert verdict == "unproven"
+    assert "https://other" in why
