@@ -137,8 +137,13 @@ def transition_events(before: HasConditions, after: HasConditions) -> list[Event
     old, new = before.condition(READY), after.condition(READY)
     if new is None or (old is not None and (old.status, old.reason) == (new.status, new.reason)):
         return []
-    kind: Literal["Normal", "Warning"] = "Normal" if new.status == "True" else "Warning"
-    return [Event(kind, new.reason, new.message)]
+    healthy = new.status == "True" or (new.status == "Unknown" and new.reason in PROGRESS_REASONS)
+    return [Event("Normal" if healthy else "Warning", new.reason, new.message)]
+
+
+# Ready=Unknown with one of these reasons is work going as it should (a sync Infisical is running, a first pass),
+# so its Event is Normal: alerting on Warning Events must see only real problems.
+PROGRESS_REASONS = frozenset({"Reconciling", "Syncing", "NotSynced", "RemovingSecrets"})
 
 
 def jittered(seconds: float, fraction: float = 0.1) -> float:

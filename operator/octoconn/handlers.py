@@ -23,12 +23,13 @@ from typing import Any
 import kopf
 
 from octoconn.conditions import Event, utcnow
+from octoconn.engine import new_marker as new_sync_marker
 from octoconn.kube import KubeClient, login  # noqa: F401 - login registers Kopf's login handler
 from octoconn.models import ANNOTATION_PENDING_CREATE, FINALIZER, GROUP, OPERATOR_PREFIX, PLURAL, VERSION
 from octoconn.reconcile import Resource, new_marker
 from octoconn.runtime import EventSink, Lifecycle, R, Runtime
 from octoconn.settings import load_settings
-from octoconn.sync import PeerSync, destination_key
+from octoconn.sync import PeerSync, SyncResource, destination_key
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
 # Kopf's progress annotations (written only while a deletion is retried) live on a sub-domain, apart from the
@@ -90,12 +91,8 @@ async def reconcile_loop(
 
 @kopf.on.event(*ODC, id="watch-connections")
 def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
-    annotations = meta.get("annotations") or {}
     # Kopf adds the finalizer in this very cycle: the create marker rides in the same patch.
-    if not (FINALIZER in (meta.get("finalizers") or []) or meta.get("deletionTimestamp") or status.get("id")) and (
-        ANNOTATION_PENDING_CREATE not in annotations
-    ):
+    if _new(body):
         res = Resource.from_body(body)
         marker = new_marker(res.spec, res.name, utcnow())
         memo.runtime.reconciler.remember_marker(res.uid, marker)
@@ -150,7 +147,13 @@ async def sync_loop(
 
 
 @kopf.on.event(*ODSS, id="watch-syncs")
-def watch_syncs(body: kopf.Body, memo: Any, **_: Any) -> None:
+def watch_syncs(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    # As for connections: the create marker rides in Kopf's finalizer patch of a new sync.
+    if _new(body):
+        res = SyncResource.from_body(body)
+        marker = new_sync_marker(res.sync_name, res.spec.source.project_id, utcnow())
+        memo.runtime.sync_reconciler.remember_marker(res.uid, marker)
+        patch.fns.append(functools.partial(_set_annotation, ANNOTATION_PENDING_CREATE, marker))
     # Kopf's update handlers never fire without a diff base (NoDiffBase): syncs wake from the watch events too.
     memo.runtime.observe(body, plural=SYNC_PLURAL)
 
@@ -176,6 +179,7 @@ def sync_destinations(
         created=str(meta.get("creationTimestamp") or ""),
         key_schema=(spec.get("options") or {}).get("keySchema"),
         environment=(spec.get("source") or {}).get("environment") or "",
+        deleting=bool(meta.get("deletionTimestamp")),
     )
     return {destination_key(dest["instanceUrl"], dest["spaceId"], dest["projectId"]): peer}
 
@@ -199,8 +203,17 @@ def wake_syncs(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> No
 
 
 @kopf.on.delete(*ODSS, id="finalize")
-async def finalize_sync(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
+async def finalize_sync(body: kopf.Body, memo: Any, retry: int, **kwargs: Any) -> None:
     await _finalize(memo.runtime, memo.runtime.syncs, body, retry)
+    # A sync held back (ConflictingSync) for sharing this destination may go ahead now: wake it, do not let it wait
+    # for its periodic check.
+    dest = (body.get("status") or {}).get("destination") or {}
+    if dest.get("instanceUrl") and dest.get("spaceId") and dest.get("projectId"):
+        index: kopf.Index[str, PeerSync] = kwargs["sync_destinations"]
+        for peer in index.get(destination_key(dest["instanceUrl"], dest["spaceId"], dest["projectId"]), []):
+            if peer.uid != body.get("metadata", {}).get("uid"):
+                namespace, name = peer.ref.split("/", 1)
+                memo.runtime.kick(namespace, name, plural=SYNC_PLURAL)
 
 
 async def _finalize(runtime: Runtime, kind: Lifecycle[R], body: kopf.Body, retry: int) -> None:
@@ -209,6 +222,13 @@ async def _finalize(runtime: Runtime, kind: Lifecycle[R], body: kopf.Body, retry
     if blocked is not None:
         error, delay = blocked
         raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=delay)
+
+
+def _new(body: kopf.Body) -> bool:
+    """A resource Kopf has not put its finalizer on yet, with nothing recorded and no create marker."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    seen = FINALIZER in (meta.get("finalizers") or []) or meta.get("deletionTimestamp") or status.get("id")
+    return not seen and ANNOTATION_PENDING_CREATE not in (meta.get("annotations") or {})
 
 
 def _set_annotation(key: str, value: str, body: dict[str, Any]) -> None:

@@ -26,8 +26,8 @@ import httpx
 import kopf
 
 from octoconn import __version__, httputil  # noqa: F401 - httputil also makes httpx cheaper per request
+from octoconn.apikeys import SecretData
 from octoconn.models import GROUP, PLURAL, VERSION
-from octoconn.reconcile import SecretData
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +199,12 @@ class KubeClient:
         """Merge-patch the status; return the object as stored afterwards (None when it is gone)."""
         return await self._patch(namespace, name, "/status", {"status": dict(status)}, "status", plural=plural)
 
-    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None], *, plural: str = PLURAL
+    ) -> None:
         """Set (or, with None, remove) the operator's own annotations on the resource."""
-        await self._patch(namespace, name, "", {"metadata": {"annotations": dict(annotations)}}, "annotations")
+        body = {"metadata": {"annotations": dict(annotations)}}
+        await self._patch(namespace, name, "", body, "annotations", plural=plural)
 
     async def _patch(
         self, namespace: str, name: str, sub: str, body: dict[str, Any], what: str, *, plural: str = PLURAL

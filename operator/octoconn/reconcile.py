@@ -23,15 +23,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
-import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from octoconn import conditions, errors, ownership
+from octoconn import conditions, engine, errors, ownership
+from octoconn.apikeys import SecretData, api_key_from, js_trim
 from octoconn.conditions import (
     READY,
     TRANSIENT,
@@ -44,6 +43,7 @@ from octoconn.conditions import (
     transition_events,
     utcnow,
 )
+from octoconn.engine import CreateGuard, Target, parse_marker
 from octoconn.infisical import AppConnection
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
@@ -52,6 +52,7 @@ from octoconn.models import (
     ANNOTATION_RECONCILE_REQUESTED_AT,
     DEFAULT_CLIENT_ID_KEY,
     DEFAULT_CLIENT_SECRET_KEY,
+    PLURAL,
     Condition,
     InfisicalSpec,
     OctopusDeployConnectionSpec,
@@ -69,14 +70,6 @@ KEY_EXPIRING_SOON = "ApiKeyExpiringSoon"
 
 
 # --- ports -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SecretData:
-    resource_version: str
-    data: Mapping[str, str]  # decoded values
-    # Keys whose value is not UTF-8 text -> a guess at what it is ("UTF-16", "binary"); never the value itself.
-    undecodable: Mapping[str, str] = field(default_factory=dict)
-
-
 class SecretReader(Protocol):
     async def read_secret(self, namespace: str, name: str) -> SecretData | None: ...
 
@@ -117,7 +110,9 @@ class StoreFactory(Protocol):
 class StatusWriter(Protocol):
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> object: ...
 
-    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None: ...
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None], *, plural: str
+    ) -> None: ...
 
 
 # --- inputs and outputs ------------------------------------------------------------------------------------------
@@ -170,14 +165,6 @@ Outcome = conditions.Outcome[OctopusDeployConnectionStatus]
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------------
-# JavaScript's String.prototype.trim, which Infisical's schemas apply: Unicode spaces and the byte-order mark.
-_JS_TRIM = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")
-
-
-def js_trim(text: str) -> str:
-    return _JS_TRIM.sub("", text)
-
-
 def stored_description(description: str | None) -> str | None:
     """The description as Infisical stores it (trimmed); an empty one counts as none."""
     return (js_trim(description) or None) if description is not None else None
@@ -211,18 +198,8 @@ def ignored_by_infisical(
 
 
 def new_marker(spec: OctopusDeployConnectionSpec, name: str, now: datetime) -> str:
-    """The create marker's annotation value: which connection may be created from now on."""
-    marker = PendingCreate(name=spec.connection_name or name, project_id=spec.project_id, started_at=rfc3339(now))
-    return json.dumps(marker.model_dump(by_alias=True, mode="json", exclude_none=True), separators=(",", ":"))
-
-
-def parse_marker(value: str | None) -> PendingCreate | None:
-    if not value:
-        return None
-    try:
-        return PendingCreate.model_validate_json(value)
-    except ValueError:
-        return None  # hand-edited: treated as absent, so a name found in Infisical is never taken as ours
+    """The create marker's annotation value for a new resource (``octoconn.engine``)."""
+    return engine.new_marker(spec.connection_name or name, spec.project_id, now)
 
 
 def key_digest(api_key: str) -> str:
@@ -446,25 +423,17 @@ class ConnectionReconciler:
         # uid -> the per-resource identity's store last used. Deleting a namespace deletes the identity Secret
         # together with the resource; this lets the finalizer still reach Infisical (until a restart).
         self._tenant_stores: dict[str, ConnectionStore] = {}
-        # uid -> the create marker this process wrote. Any other marker (an earlier process's, another replica's)
-        # may stand for a create whose answer was lost, and so may ours once a create's answer was lost (kept in
-        # _creates): only then is the name looked up before creating.
-        self._own_markers: dict[str, str] = {}
-        # uid -> the create this process sent and whose result is not yet in the resource's status: when it went out
-        # and, once answered, the id. Kept until the status records an id, so a failure after the create (the
-        # adoption's update, the status write) never turns our own connection into a stranger's.
-        self._creates: dict[str, _SentCreate] = {}
+        self._guard = CreateGuard(status_writer)
         self._verifications = VerificationCache(octopus, ttl=verify_ttl)
 
     def forget(self, uid: str) -> None:
         self._pushed_keys.pop(uid, None)
         self._tenant_stores.pop(uid, None)
-        self._creates.pop(uid, None)
-        self._own_markers.pop(uid, None)
+        self._guard.forget(uid)
 
     def remember_marker(self, uid: str, marker: str) -> None:
         """This process wrote ``marker`` for the resource (with Kopf's first patch): no earlier create can exist."""
-        self._own_markers[uid] = marker
+        self._guard.remember_marker(uid, marker)
 
     async def reconcile(
         self,
@@ -482,7 +451,7 @@ class ConnectionReconciler:
         status.handled_reconcile_request = res.reconcile_requested_at
         status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
         if res.status.id:
-            self._creates.pop(res.uid, None)  # recorded: the status is the proof from now on
+            self._guard.recorded(res.uid)
         if res.paused:
             return self._finish(res, status, now, synced=("False", "ReconcilePaused", _PAUSED_MESSAGE))
 
@@ -615,7 +584,7 @@ class ConnectionReconciler:
             if res.uid not in self._tenant_stores:
                 raise
             store = self._tenant_stores[res.uid]
-        connection_id = res.status.id or self._answered_create(res.uid)
+        connection_id = res.status.id or self._guard.answered_id(res.uid)
         if connection_id is None:
             found, claim = await self._claim_for_deletion(res, store)
             if found is None or claim is None:
@@ -649,17 +618,7 @@ class ConnectionReconciler:
                 f"Secret {res.namespace}/{ref.name} was not found. Create it with the Octopus API key under "
                 f'"{ref.data_key()}"; {then}.'
             )
-        undecodable = secret.undecodable.get(ref.data_key())
-        if undecodable is not None:
-            raise errors.MalformedApiKey(_not_text_message(res, ref.name, ref.data_key(), undecodable))
-        # Trimmed like Infisical trims (a UTF-8 byte-order mark too): an editor's mark is not part of the key.
-        api_key = js_trim(secret.data.get(ref.data_key(), ""))
-        if not api_key:
-            keys = ", ".join(sorted({*secret.data, *secret.undecodable})) or "none"
-            raise errors.SecretKeyMissing(
-                f'Secret {res.namespace}/{ref.name} has no non-empty key "{ref.data_key()}" (keys present: {keys}). '
-                "Add the API key there or set spec.apiKeySecretRef.key."
-            )
+        api_key = api_key_from(secret, namespace=res.namespace, name=ref.name, key=ref.data_key())
         try:
             identity = await self._verifications.verify(url, api_key, fresh=fresh)
         except errors.MalformedApiKey as exc:
@@ -700,10 +659,11 @@ class ConnectionReconciler:
             remote = await store.get(res.status.id)
             recreate = remote is None
 
-        if remote is None and not recreate and self._answered_create(res.uid):
-            remote = await store.get(self._creates[res.uid].id or "")  # ours: only the status write was missed
+        answered = None if recreate else self._guard.answered_id(res.uid)
+        if remote is None and answered is not None:
+            remote = await store.get(answered)  # ours: only the status write was missed
             if remote is None:
-                self._creates.pop(res.uid, None)  # deleted since: create it again
+                self._guard.recorded(res.uid)  # deleted since: create it again
         if remote is None:
             return await self._create(res, status, store, api_key, secret_version, url, now, first_patch, recreate)
 
@@ -752,8 +712,9 @@ class ConnectionReconciler:
         name, project_id = res.connection_name, res.spec.project_id
         evidence, sent = ownership.Evidence(None), (name, project_id)
         if not recreate:
-            marker, written = await self._marker(res, now, first_patch)
-            evidence, sent = self._evidence(res, marker, written)
+            target = _target(res)
+            marker, written = await self._guard.marker(target, now, first_patch)
+            evidence, sent = self._guard.evidence(target, marker, written)
         if evidence.sent_after is not None:
             # A create of ours may have succeeded without us hearing back: look before creating again.
             found = await store.get_by_name(sent[0], project_id=sent[1])
@@ -772,44 +733,12 @@ class ConnectionReconciler:
             status.refused_write = None  # the name's holder decides now, not the create
             claim = self._claim(res, existing, evidence, (name, project_id), url, now)
             if not claim.ours:
-                self._creates.pop(res.uid, None)
-                if evidence.sent_after is None:
-                    # Our only create was refused, so it made nothing: a marker left behind could let a finalizer
-                    # or a restart take the holder's connection for ours.
-                    await self._clear_marker(res)
+                await self._guard.refused(_target(res), evidence=evidence)
             return await self._settle(res, store, existing, claim, api_key, url)
         if recreate:
             message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
             return remote, Event("Warning", "DriftRepaired", message)
         return remote, Event("Normal", "Created", f"Created Infisical connection {name} ({remote.id}).")
-
-    async def _marker(
-        self, res: Resource, now: datetime, first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None
-    ) -> tuple[PendingCreate | None, str | None]:
-        """The create marker (and its annotation value), written here if Kopf's first patch did not carry it."""
-        written = res.annotations.get(ANNOTATION_PENDING_CREATE)
-        if written is None and first_patch is not None:
-            written = (await first_patch()).get(ANNOTATION_PENDING_CREATE)
-        marker = parse_marker(written) or res.status.pending_create
-        if marker is None:
-            # Normally written together with the finalizer when the resource appeared; this is the fallback.
-            written = new_marker(res.spec, res.name, now)
-            await self._status_writer.patch_annotations(res.namespace, res.name, {ANNOTATION_PENDING_CREATE: written})
-            self._own_markers[res.uid] = written
-        return marker, written
-
-    def _evidence(
-        self, res: Resource, marker: PendingCreate | None, written: str | None
-    ) -> tuple[ownership.Evidence, tuple[str, str | None]]:
-        """What shows that a create of this resource's may have been sent, and under which name and project."""
-        sent = self._creates.get(res.uid)
-        if sent is not None:
-            return ownership.Evidence(sent.sent_at, lost_answer=True), (sent.name, sent.project_id)
-        # A marker this process wrote stands for no create: it would be in _creates. Anyone else's may.
-        started = parse_time(marker.started_at) if marker is not None else None
-        if marker is not None and started is not None and self._own_markers.get(res.uid) != written:
-            return ownership.Evidence(started), (marker.name, marker.project_id)
-        return ownership.Evidence(None), (res.connection_name, res.spec.project_id)
 
     def _claim(
         self,
@@ -845,10 +774,8 @@ class ConnectionReconciler:
         if not claim.ours:
             return await self._take_over(res, store, found, api_key, url)
         remote = await self._update(res, store, found, api_key, url, key_changed=True)
-        sent = self._creates.get(res.uid)  # a failed update keeps it as it was: the next try claims again
-        self._creates[res.uid] = _SentCreate(
-            sent_at=sent.sent_at if sent else self._clock(), name=found.name, project_id=found.project_id, id=found.id
-        )
+        # Only now: a failed update keeps the memory as it was, and the next try claims again.
+        self._guard.answered(_target(res), found.id, name=found.name, project_id=found.project_id, now=self._clock())
         message = f"Adopted Infisical connection {found.name} ({found.id}): {claim.why}."
         return remote, Event("Normal", "Adopted", message)
 
@@ -863,9 +790,8 @@ class ConnectionReconciler:
         now: datetime,
     ) -> AppConnection:
         name, project_id = res.connection_name, res.spec.project_id
-        # Remembered before it goes out: an answer that never comes (timeout, dropped connection, a 5xx after
-        # Infisical acted) leaves this behind as the proof that the connection found under the name is ours.
-        self._creates.setdefault(res.uid, _SentCreate(sent_at=now, name=name, project_id=project_id))
+        target = _target(res)
+        self._guard.sending(target, now)
         try:
             remote = await self._write(
                 res,
@@ -884,30 +810,17 @@ class ConnectionReconciler:
             raise  # the caller looks at who holds the name
         except errors.OctoconnError as exc:
             if exc.retry not in _TRANSIENT:
-                # A definite refusal created nothing: a marker left behind could let a later restart take a
-                # connection someone else makes under this name for ours.
-                self._creates.pop(res.uid, None)
-                await self._clear_marker(res)
+                await self._guard.refused(target, evidence=ownership.Evidence(None))  # a definite refusal made nothing
             raise
-        self._creates[res.uid] = _SentCreate(sent_at=now, name=name, project_id=project_id, id=remote.id)
-        self._own_markers.pop(res.uid, None)
+        self._guard.answered(target, remote.id, name=name, project_id=project_id, now=now)
         return remote
-
-    async def _clear_marker(self, res: Resource) -> None:
-        await self._status_writer.patch_annotations(res.namespace, res.name, {ANNOTATION_PENDING_CREATE: None})
-        self._own_markers.pop(res.uid, None)
-
-    def _answered_create(self, uid: str) -> str | None:
-        """The id of a connection this process created for the resource, before its status recorded it."""
-        sent = self._creates.get(uid)
-        return sent.id if sent is not None else None
 
     async def _claim_for_deletion(
         self, res: Resource, store: ConnectionStore
     ) -> tuple[AppConnection | None, ownership.Claim | None]:
         """Nothing recorded: the connection a create of ours may have made, and whether it is provably ours."""
         marker = res.pending_create
-        evidence, sent = self._evidence(res, marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        evidence, sent = self._guard.evidence(_target(res), marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
         if evidence.sent_after is None and marker is None:
             return None, None
         try:
@@ -1054,25 +967,17 @@ _PAUSED_MESSAGE = (
 )
 
 
-def _not_text_message(res: Resource, secret: str, key: str, looks_like: str) -> str:
-    message = (
-        f'Secret {res.namespace}/{secret} has the key "{key}", but its value is not UTF-8 text (it looks like '
-        f"{looks_like}). Save the API key as plain UTF-8 or ASCII text and put it in the Secret again"
+def _target(res: Resource) -> Target:
+    return Target(
+        plural=PLURAL,
+        namespace=res.namespace,
+        name=res.name,
+        uid=res.uid,
+        annotations=res.annotations,
+        create_name=res.connection_name,
+        create_project=res.spec.project_id,
+        legacy_marker=res.status.pending_create,
     )
-    if looks_like == "UTF-16":
-        message += (
-            ", e.g. iconv -f UTF-16 -t UTF-8 key.txt > key-utf8.txt, then kubectl create secret generic "
-            f"{secret} -n {res.namespace} --from-file={key}=key-utf8.txt --dry-run=client -o yaml | kubectl apply -f -"
-        )
-    return message + "."
-
-
-@dataclass
-class _SentCreate:
-    sent_at: datetime
-    name: str
-    project_id: str | None
-    id: str | None = None  # set once Infisical answered
 
 
 def _ref(res: Resource) -> str:

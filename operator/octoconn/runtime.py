@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from octoconn import errors, metrics, sync
+from octoconn.apikeys import SecretData
 from octoconn.conditions import Event, HasConditions, Outcome, jittered, parse_time, retry_delay, utcnow
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.kube import KubeClient, KubeError
@@ -33,7 +34,7 @@ from octoconn.models import (
 )
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
-from octoconn.reconcile import ConnectionReconciler, Resource, SecretData, SecretReader, deletion_blocked
+from octoconn.reconcile import ConnectionReconciler, Resource, SecretReader, deletion_blocked
 from octoconn.settings import Settings
 from octoconn.sync import PeerSync, SyncReconciler, SyncResource
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
@@ -180,13 +181,12 @@ class SyncLifecycle:
         return res.namespace, res.name
 
     async def reconcile(self, res: SyncResource, *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
-        # The sync keeps its crash marker in status (written before its create), so it has no first patch to await.
-        return await self.reconciler.reconcile(res)
+        return await self.reconciler.reconcile(res, first_patch=first_patch)
 
     def needs_write(self, res: SyncResource, outcome: Outcome[Any], now: float) -> bool:
-        # Every pass is written, as before: a pass may write its create marker into status on its way, so the
-        # status it started from is not the one stored, and a comparison with it could leave that marker behind.
-        return True
+        # Nothing is written in the middle of a pass (the create marker rides in Kopf's first patch), so the status
+        # the pass started from is the one stored: a pass that changes nothing writes nothing.
+        return bool(outcome.status != res.status)
 
     def status_patch(self, res: SyncResource) -> dict[str, Any]:
         return res.status.to_patch()
@@ -350,8 +350,10 @@ class StatusMemory:
         self._written[(plural, namespace, name)] = (uid, dict(stored.get("status") or {}))
         return stored
 
-    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
-        await self._kube.patch_annotations(namespace, name, annotations)
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None], *, plural: str = PLURAL
+    ) -> None:
+        await self._kube.patch_annotations(namespace, name, annotations, plural=plural)
 
     def view(self, body: Mapping[str, Any], *, plural: str = PLURAL) -> dict[str, Any]:
         """``body`` with our last written status when the watch has not delivered that write yet."""

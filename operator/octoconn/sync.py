@@ -23,28 +23,36 @@ One pass (``SyncReconciler.reconcile``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from octoconn import conditions, errors, ownership
+from octoconn.apikeys import api_key_from
 from octoconn.conditions import (
     READY,
     TRANSIENT,
     ConditionStatus,
     Event,
     parse_time,
-    rfc3339,
     set_condition,
     summarize,
     transition_events,
     utcnow,
 )
+from octoconn.engine import AnnotationWriter, CreateGuard, FirstPatch, Target, parse_marker
 from octoconn.infisical import SecretSync
-from octoconn.models import ANNOTATION_PAUSED, OctopusDeployConnectionSpec, OctopusDeployConnectionStatus
+from octoconn.models import (
+    ANNOTATION_PAUSED,
+    ANNOTATION_PENDING_CREATE,
+    OctopusDeployConnectionSpec,
+    OctopusDeployConnectionStatus,
+    PendingCreate,
+)
 from octoconn.octopus import Named, OctopusDestination, PermissionGrant, normalize_instance_url
 from octoconn.reconcile import SecretReader, read_identity
 from octoconn.sync_models import (
@@ -52,9 +60,9 @@ from octoconn.sync_models import (
     PLURAL,
     OctopusDeploySecretSyncSpec,
     OctopusDeploySecretSyncStatus,
-    PendingSyncCreate,
     ResolvedDestination,
     ResolvedScope,
+    SyncRefusedWrite,
 )
 
 DESTINATION_VERIFIED = "DestinationVerified"
@@ -108,7 +116,7 @@ class SyncStoreFactory(Protocol):
     def for_identity(self, *, host_url: str | None, client_id: str, client_secret: str) -> SyncStore: ...
 
 
-class StatusWriter(Protocol):
+class StatusWriter(AnnotationWriter, Protocol):
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str) -> object: ...
 
 
@@ -121,6 +129,7 @@ class PeerSync:
     created: str  # metadata.creationTimestamp
     key_schema: str | None
     environment: str
+    deleting: bool = False  # its deletion has begun: it yields its destination to the syncs it held back
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
@@ -224,6 +233,7 @@ def conflicting_peer(res: SyncResource, peers: Iterable[PeerSync]) -> PeerSync |
         peer
         for peer in peers
         if peer.uid != res.uid
+        and not peer.deleting
         and (peer.created, peer.ref) < order
         and names_can_collide(mine, name_pattern(peer.key_schema, peer.environment))
     ]
@@ -452,17 +462,27 @@ class SyncReconciler:
         self._status_writer = status_writer
         self._peers_at = peers_at
         self._clock = clock
+        self._guard = CreateGuard(status_writer)
         self._polls: dict[str, int] = {}  # uid -> status reads while Infisical is still working
         self._last_stores: dict[str, SyncStore] = {}  # uid -> store, for a finalizer outliving its connection
 
     def forget(self, uid: str) -> None:
+        self._guard.forget(uid)
         self._polls.pop(uid, None)
         self._last_stores.pop(uid, None)
 
-    async def reconcile(self, res: SyncResource) -> Outcome:
+    def remember_marker(self, uid: str, marker: str) -> None:
+        """This process wrote ``marker`` for the resource (with Kopf's first patch): no earlier create can exist."""
+        self._guard.remember_marker(uid, marker)
+
+    async def reconcile(self, res: SyncResource, *, first_patch: FirstPatch | None = None) -> Outcome:
+        """One pass. ``first_patch``: waits for the resource's first patch (finalizer and create marker)."""
         now = self._clock()
         status = res.status.model_copy(deep=True)
         status.observed_generation = res.generation
+        status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
+        if res.status.id:
+            self._guard.recorded(res.uid)
         if res.paused:
             message = (
                 f'Paused by the annotation {ANNOTATION_PAUSED}="true": no calls to Octopus or Infisical. '
@@ -477,15 +497,16 @@ class SyncReconciler:
 
         destination_ok = self._verified(res, status, connection)
         try:
-            remote = await self._find(res, status, store, connection.status.id)
+            assert connection.status.id is not None  # a Ready connection has one
+            remote, adopted = await self._find(res, store, connection.status.id, now, first_patch)
             if not destination_ok or remote is None:
                 await self._verify_destination(res, status, connection, api_key, now)
             else:
                 self._check_conflicts(res, status)
             assert status.destination is not None  # set by the verification
-            assert connection.status.id is not None  # a Ready connection has one
             desired = desired_body(res, connection.status.id, status.destination)
             remote, action = await self._write(res, status, store, remote, desired, now)
+            action = adopted or action
             if action is not None:
                 status.handled_sync_request = res.sync_request  # the write itself runs a sync
             remote = await self._requested_sync(res, status, store, remote)
@@ -493,8 +514,6 @@ class SyncReconciler:
             return self._destination_failed(res, status, now, exc)
         except errors.OctoconnError as exc:
             transient = exc.retry in TRANSIENT
-            if isinstance(exc, errors.InfisicalError) and not transient:
-                status.pending_create = None
             return self._finish(
                 res, status, now, synced=("Unknown" if transient else "False", exc.reason, exc.message), error=exc
             )
@@ -506,7 +525,7 @@ class SyncReconciler:
         status.sync_status = remote.sync_status
         status.last_synced_at = remote.last_synced_at
         status.remove_status = remote.remove_status
-        status.pending_create = None
+        status.refused_write = None
         where = _where(status.destination)
         state = sync_state(remote, requested_at=status.requested_at, destination=where, secrets=(api_key,))
         status.last_sync_message = (
@@ -543,11 +562,9 @@ class SyncReconciler:
             self.forget(res.uid)
             return [Event("Warning", "ReconcilePaused", f"Paused: Infisical secret sync {name} was left in place.")]
         store = await self._finalizer_store(res)
-        sync_id = res.status.id
-        if sync_id is None and res.status.pending_create is not None:
-            found = await store.get_sync_by_name(res.status.pending_create.name, project_id=res.spec.source.project_id)
-            marker = res.status.pending_create
-            claim = self._claim(res, found, marker, res.status.connection_id) if found is not None else None
+        sync_id = res.status.id or self._guard.answered_id(res.uid)
+        if sync_id is None:
+            found, claim = await self._claim_for_deletion(res, store)
             if found is not None and claim is not None and not claim.ours:
                 self.forget(res.uid)
                 return [_left_in_place(found, claim)]
@@ -616,12 +633,16 @@ class SyncReconciler:
         store = self._stores.default() if identity is None else self._stores.for_identity(**identity)
         secret_ref = connection.spec.api_key_secret_ref
         secret = await self._secrets.read_secret(res.namespace, secret_ref.name)
-        api_key = (secret.data.get(secret_ref.data_key(), "") if secret is not None else "").strip()
-        if not api_key:
+        try:
+            if secret is None:
+                raise errors.SecretNotFound(f"Secret {res.namespace}/{secret_ref.name} was not found")
+            # The very reading the connection does (Infisical's trim): the key it verified is the key used here.
+            api_key = api_key_from(secret, namespace=res.namespace, name=secret_ref.name, key=secret_ref.data_key())
+        except errors.OctoconnError as exc:
             raise errors.ConnectionNotReady(
-                f"The API key Secret {res.namespace}/{secret_ref.name} of connection {ref} cannot be read; waiting "
-                "for the connection to be Ready again"
-            )
+                f"The API key of connection {ref} cannot be read ({exc.message.rstrip('.')}); waiting for the "
+                "connection to be Ready again"
+            ) from None
         return connection, store, api_key
 
     @staticmethod
@@ -639,24 +660,37 @@ class SyncReconciler:
         )
 
     async def _find(
-        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore, connection_id: str | None
-    ) -> SecretSync | None:
+        self, res: SyncResource, store: SyncStore, connection_id: str, now: datetime, first_patch: FirstPatch | None
+    ) -> tuple[SecretSync | None, Event | None]:
+        """The recorded sync; or, when a create of ours may have succeeded unanswered, the one it made."""
         if res.status.id:
-            return await store.get_sync(res.status.id)  # None: deleted in Infisical, recreated below
-        marker = res.status.pending_create
-        if marker is not None:
-            found = await store.get_sync_by_name(marker.name, project_id=res.spec.source.project_id)
-            if found is not None and self._claim(res, found, marker, connection_id).ours:
-                status.pending_create = None
-                return found
-        return None
+            return await store.get_sync(res.status.id), None  # None: deleted in Infisical, recreated below
+        answered = self._guard.answered_id(res.uid)
+        if answered is not None:
+            found = await store.get_sync(answered)  # ours: only the status write was missed
+            if found is not None:
+                return found, None
+            self._guard.recorded(res.uid)  # deleted since: create it again
+        target = _target(res)
+        marker, written = await self._guard.marker(target, now, first_patch)
+        evidence, sent = self._guard.evidence(target, marker, written)
+        if evidence.sent_after is None:
+            return None, None  # no create of ours can exist: create without looking the name up first
+        found = await store.get_sync_by_name(sent[0], project_id=sent[1] or res.spec.source.project_id)
+        if found is None:
+            return None, None
+        claim = self._claim(res, found, evidence, connection_id)
+        if claim.ours:
+            self._guard.answered(target, found.id, name=found.name, project_id=found.project_id, now=now)
+            return found, Event("Normal", "Adopted", f"Adopted secret sync {found.name} ({found.id}): {claim.why}.")
+        if sent[0] == res.sync_name:
+            raise _name_taken(res, found, claim)
+        return None, None
 
     def _claim(
-        self, res: SyncResource, found: SecretSync, marker: PendingSyncCreate, connection_id: str | None
+        self, res: SyncResource, found: SecretSync, evidence: ownership.Evidence, connection_id: str | None
     ) -> ownership.Claim:
-        """Whether a sync found under the marker's name is the one this resource's create made (octoconn.ownership).
-
-        The marker is written just before the create is sent, so it dates both a crash and a lost answer."""
+        """Whether a sync found under this resource's name is its own (octoconn.ownership)."""
         differences = []
         if connection_id and found.connection_id != connection_id:
             differences.append(f"it uses connection {found.connection_id}, not {connection_id}")
@@ -669,9 +703,23 @@ class SyncReconciler:
             recorders=self._owners_of(found.id),
             created_at=found.created_at,
             differences=differences,
-            evidence=ownership.Evidence(parse_time(marker.started_at)),
+            evidence=evidence,
             now=self._clock(),
         )
+
+    async def _claim_for_deletion(
+        self, res: SyncResource, store: SyncStore
+    ) -> tuple[SecretSync | None, ownership.Claim | None]:
+        """Nothing recorded: the sync a create of ours may have made, and whether it is provably ours."""
+        target = _target(res)
+        marker = parse_marker(res.annotations.get(ANNOTATION_PENDING_CREATE)) or target.legacy_marker
+        evidence, sent = self._guard.evidence(target, marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        if evidence.sent_after is None and marker is None:
+            return None, None
+        found = await store.get_sync_by_name(sent[0], project_id=sent[1] or res.spec.source.project_id)
+        if found is None:
+            return None, None
+        return found, self._claim(res, found, evidence, res.status.connection_id)
 
     async def _verify_destination(
         self,
@@ -738,23 +786,7 @@ class SyncReconciler:
         now: datetime,
     ) -> tuple[SecretSync, Event | None]:
         if remote is None:
-            existing = await store.get_sync_by_name(desired["name"], project_id=desired["projectId"])
-            if existing is not None:
-                raise errors.NameConflict(
-                    f'Infisical project {desired["projectId"]} already has a secret sync named "{desired["name"]}" '
-                    f"({existing.id}) that this resource did not create. Set spec.syncName to another name, or "
-                    "delete that sync in Infisical."
-                )
-            marker = PendingSyncCreate(name=desired["name"], started_at=rfc3339(now))
-            status.pending_create = marker
-            # Recorded before the POST: a retry after a crash adopts the sync instead of failing on its name.
-            await self._status_writer.patch_status(
-                res.namespace,
-                res.name,
-                {"pendingCreate": marker.model_dump(by_alias=True, mode="json")},
-                plural=PLURAL,
-            )
-            created = await store.create_sync(desired)
+            created = await self._create(res, status, store, desired, now)
             status.requested_at = created.updated_at or created.created_at
             if not res.spec.auto_sync:
                 created = await store.trigger_sync(created.id) or created
@@ -769,11 +801,72 @@ class SyncReconciler:
         patch = plan_patch(desired, remote)
         if not patch:
             return remote, None
-        updated = await store.update_sync(remote.id, patch)
+        updated = await self._send(res, status, "update", patch, lambda: store.update_sync(remote.id, patch))
         status.requested_at = updated.updated_at
         if not res.spec.auto_sync:
             updated = await store.trigger_sync(updated.id) or updated
         return updated, Event("Normal", "Updated", f"Updated {', '.join(sorted(patch))} of secret sync {updated.id}.")
+
+    async def _create(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        store: SyncStore,
+        desired: dict[str, Any],
+        now: datetime,
+    ) -> SecretSync:
+        """Send the create (no name lookup first: Infisical refuses a taken name, and only then do we look)."""
+        target = _target(res)
+        marker = parse_marker(res.annotations.get(ANNOTATION_PENDING_CREATE))
+        evidence, _ = self._guard.evidence(target, marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        self._guard.sending(target, now)
+        try:
+            created = await self._send(res, status, "create", desired, lambda: store.create_sync(desired))
+        except errors.NameConflict:
+            existing = await store.get_sync_by_name(desired["name"], project_id=desired["projectId"])
+            if existing is None:
+                raise
+            status.refused_write = None  # the name's holder decides now, not the create
+            claim = self._claim(res, existing, evidence, desired["connectionId"])
+            if not claim.ours:
+                await self._guard.refused(target, evidence=evidence)
+                raise _name_taken(res, existing, claim) from None
+            created = existing
+        except errors.OctoconnError as exc:
+            if exc.retry not in TRANSIENT:
+                await self._guard.refused(target, evidence=ownership.Evidence(None))  # a definite refusal made nothing
+            raise
+        self._guard.answered(target, created.id, name=created.name, project_id=created.project_id, now=now)
+        return created
+
+    async def _send(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        operation: Literal["create", "update"],
+        body: Mapping[str, Any],
+        call: Callable[[], Awaitable[SecretSync]],
+    ) -> SecretSync:
+        """Send a create or update, unless Infisical refused this very request for good and nothing has changed."""
+        digest = request_digest(body)
+        refused = status.refused_write
+        if refused is not None and (refused.operation, refused.request, refused.sync_requested_at) == (
+            operation,
+            digest,
+            res.sync_request,
+        ):
+            raise errors.InfisicalRejected(f"{refused.message.rstrip('.')}. {_NOT_SENT_AGAIN}")
+        try:
+            return await call()
+        except errors.InfisicalRejected as exc:  # 400/422: the same request would get the same answer
+            status.refused_write = SyncRefusedWrite(
+                operation=operation,
+                request=digest,
+                sync_requested_at=res.sync_request,
+                reason=exc.reason,
+                message=exc.message,
+            )
+            raise
 
     async def _requested_sync(
         self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore, remote: SecretSync
@@ -924,4 +1017,46 @@ def _left_in_place(found: SecretSync, claim: ownership.Claim) -> Event:
         "LeftInPlace",
         f"Infisical secret sync {found.name} ({found.id}) was left in place: {claim.why}, so this resource cannot "
         "show that it created it. Delete it in Infisical if nobody uses it.",
+    )
+
+
+_NOT_SENT_AGAIN = (
+    "This request is not sent again until the resource or its connection changes; after fixing the cause in "
+    "Infisical, set the annotation octoconn.dev/sync-requested-at to a new value to retry now."
+)
+
+
+def request_digest(body: Mapping[str, Any]) -> str:
+    """A stable fingerprint of a request body, to tell the same request from a changed one."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _target(res: SyncResource) -> Target:
+    legacy = res.status.pending_create
+    return Target(
+        plural=PLURAL,
+        namespace=res.namespace,
+        name=res.name,
+        uid=res.uid,
+        annotations=res.annotations,
+        create_name=res.sync_name,
+        create_project=res.spec.source.project_id,
+        legacy_marker=(
+            PendingCreate(name=legacy.name, project_id=res.spec.source.project_id, started_at=legacy.started_at)
+            if legacy is not None
+            else None
+        ),
+    )
+
+
+def _name_taken(res: SyncResource, existing: SecretSync, claim: ownership.Claim) -> errors.NameConflict:
+    where = f'Infisical project {existing.project_id} already has a secret sync named "{existing.name}" ({existing.id})'
+    if claim.verdict == "others":
+        return errors.NameConflict(
+            f"{where}, and {claim.why.replace('it is recorded by', 'OctopusDeploySecretSync')} manages it. Set "
+            "spec.syncName to another name."
+        )
+    return errors.NameConflict(
+        f"{where} that this resource did not create. Set spec.syncName to another name, or delete that sync in "
+        "Infisical."
     )

@@ -280,6 +280,20 @@ class PendingSyncCreate(_Model):
     ]
 
 
+class SyncRefusedWrite(_Model):
+    """A create or update Infisical refused for good, kept so it is not sent again for nothing (survives restarts)."""
+
+    operation: Annotated[Literal["create", "update"], Field(description="The refused request.")]
+    request: Annotated[
+        str, Field(description="SHA-256 of the refused request body (names and ids only, never a secret).")
+    ]
+    sync_requested_at: Annotated[
+        str | None, Field(description="Value of the octoconn.dev/sync-requested-at annotation at the time.")
+    ] = None
+    reason: Annotated[str, Field(description="Condition reason of the refusal.", max_length=1024)]
+    message: Annotated[str, Field(description="What Infisical answered, and what to do.", max_length=32768)]
+
+
 class OctopusDeploySecretSyncStatus(_Model):
     """Observed state, written only by the operator. Never contains secret material."""
 
@@ -316,7 +330,17 @@ class OctopusDeploySecretSyncStatus(_Model):
     observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
     pending_create: Annotated[
         PendingSyncCreate | None,
-        Field(description="Set while a create call to Infisical is in flight; cleared once the id is recorded."),
+        Field(
+            description="Written by earlier versions; the create marker is now the "
+            "operator.octoconn.dev/pending-create annotation, and this field is read once and cleared."
+        ),
+    ] = None
+    refused_write: Annotated[
+        SyncRefusedWrite | None,
+        Field(
+            description="A create or update Infisical refused for good (400/422): not sent again until the request "
+            "(spec or connection) or octoconn.dev/sync-requested-at changes."
+        ),
     ] = None
     conditions: Annotated[
         list[Condition] | None,

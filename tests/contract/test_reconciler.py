@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from octoconn.apikeys import SecretData
 from octoconn.infisical import InfisicalClient
 from octoconn.models import ANNOTATION_PENDING_CREATE, OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
-from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Resource, SecretData
+from octoconn.reconcile import ConnectionReconciler, ConnectionStore, Resource
 from tests.servers.infisical import InfisicalServer
 from tests.servers.octopus import OctopusServer
 
@@ -42,7 +43,9 @@ class MemoryStatus:
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.patches.append(dict(status))
 
-    async def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None], *, plural: str = "connections"
+    ) -> None:
         self.annotations.append(dict(annotations))
 
 

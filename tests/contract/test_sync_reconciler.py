@@ -6,17 +6,20 @@ key Secret and the status patches); the cluster tier runs the same code against 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from octoconn import errors
+from octoconn.apikeys import SecretData
 from octoconn.infisical import InfisicalClient, SecretSync, UniversalAuth
+from octoconn.models import ANNOTATION_PENDING_CREATE
 from octoconn.octopus import OctopusClient
-from octoconn.reconcile import SecretData
 from octoconn.sync import (
     PeerSync,
     RemovingSecrets,
@@ -38,6 +41,7 @@ class MemoryKube:
     secrets: dict[tuple[str, str], SecretData] = field(default_factory=dict)
     connections: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     patches: list[Mapping[str, Any]] = field(default_factory=list)
+    annotations: list[Mapping[str, str | None]] = field(default_factory=list)
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         return self.secrets.get((namespace, name))
@@ -47,6 +51,11 @@ class MemoryKube:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str) -> None:
         self.patches.append(dict(status))
+
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None], *, plural: str
+    ) -> None:
+        self.annotations.append(dict(annotations))
 
 
 class Stores:
@@ -71,6 +80,7 @@ class Setup:
     infisical_project: str
     key: str
     peers: dict[str, list[PeerSync]]
+    octopus_client: OctopusClient
     owners: dict[str, list[str]] = field(default_factory=dict)
 
     def resource(
@@ -158,7 +168,9 @@ async def setup(octopus: OctopusServer, infisical: InfisicalServer) -> AsyncIter
         peers_at=lambda k: peers.get(k, []),
         owners_of=lambda sync_id: owners.get(sync_id, []),
     )
-    yield Setup(octopus, infisical, client, kube, reconciler, project_id, infisical_project, key, peers, owners)
+    yield Setup(
+        octopus, infisical, client, kube, reconciler, project_id, infisical_project, key, peers, octopus_client, owners
+    )
     await client.aclose()
     await octopus_client.aclose()
 
@@ -197,7 +209,8 @@ async def test_create_follow_and_no_update_that_changes_nothing(setup: Setup) ->
     assert status.destination.project_id == setup.project_id
     assert setup.variables()["WEB_DB_PASS"]["Value"] == "db-pass-value"
     assert setup.writes() == [("POST", SYNCS)]
-    assert setup.kube.patches[0]["pendingCreate"]["name"] == "web"  # the marker went out before the POST
+    # The marker went out before the POST (here the reconciler's fallback; in a cluster it rides in Kopf's first patch).
+    assert json.loads(setup.kube.annotations[0][ANNOTATION_PENDING_CREATE] or "")["name"] == "web"
 
     # Another pass with nothing changed: reads only, and no call to Octopus (verified at this generation).
     octopus_before = len(setup.octopus.state.requests)
@@ -223,10 +236,48 @@ async def test_create_follow_and_no_update_that_changes_nothing(setup: Setup) ->
 async def test_crash_between_create_and_status_write_adopts(setup: Setup) -> None:
     first = await setup.reconciler.reconcile(setup.resource())
     assert first.status.id is not None
-    marker = OctopusDeploySecretSyncStatus.model_validate({"pendingCreate": setup.kube.patches[0]["pendingCreate"]})
-    second = await setup.reconciler.reconcile(setup.resource(marker))
+    marker = setup.kube.annotations[0][ANNOTATION_PENDING_CREATE]
+    assert marker is not None
+    # A restarted operator: the marker is not its own, so the name is looked up and the sync adopted.
+    restarted = SyncReconciler(
+        connections=setup.kube,
+        secrets=setup.kube,
+        octopus=setup.octopus_client,
+        stores=Stores(setup.client),
+        status_writer=setup.kube,
+    )
+    second = await restarted.reconcile(setup.resource(annotations={ANNOTATION_PENDING_CREATE: marker}))
+    assert second.error is None, second.error
     assert second.status.id == first.status.id
+    assert any(e.reason == "Adopted" for e in second.events)
     assert setup.writes() == [("POST", SYNCS)]
+
+
+async def test_a_new_sync_is_created_without_a_name_lookup(setup: Setup) -> None:
+    marker = json.dumps({"name": "web", "startedAt": "2999-01-01T00:00:00Z"})
+    setup.reconciler.remember_marker("uid-web", marker)  # written by this process with Kopf's first patch
+    outcome = await setup.reconciler.reconcile(setup.resource(annotations={ANNOTATION_PENDING_CREATE: marker}))
+    assert outcome.error is None, outcome.error
+    lookups = [r for r in setup.infisical.state.requests if "/sync-name/" in r.path]
+    assert lookups == []
+    assert setup.kube.annotations == []
+
+
+async def test_a_legacy_status_marker_is_read_once_and_cleared(setup: Setup) -> None:
+    first = await setup.reconciler.reconcile(setup.resource())
+    legacy = OctopusDeploySecretSyncStatus.model_validate(
+        {"pendingCreate": {"name": "web", "startedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    )
+    restarted = SyncReconciler(
+        connections=setup.kube,
+        secrets=setup.kube,
+        octopus=setup.octopus_client,
+        stores=Stores(setup.client),
+        status_writer=setup.kube,
+    )
+    second = await restarted.reconcile(setup.resource(legacy, annotations={ANNOTATION_PENDING_CREATE: "x"}))
+    assert second.status.id == first.status.id
+    assert second.status.pending_create is None
 
 
 async def test_a_create_whose_answer_was_lost_is_adopted_and_deleted_as_its_own(setup: Setup) -> None:
@@ -249,12 +300,13 @@ async def test_a_sync_another_resource_records_is_neither_adopted_nor_deleted(se
     first = await setup.reconciler.reconcile(setup.resource())
     assert first.status.id is not None
     setup.owners[first.status.id] = ["team/other"]  # another sync's status records it
-    marker = OctopusDeploySecretSyncStatus.model_validate({"pendingCreate": setup.kube.patches[0]["pendingCreate"]})
-    second = await setup.reconciler.reconcile(setup.resource(marker))
+    marker = {ANNOTATION_PENDING_CREATE: setup.kube.annotations[0][ANNOTATION_PENDING_CREATE] or ""}
+    setup.reconciler.forget("uid-web")  # as after a restart: the marker is no longer this process's own
+    second = await setup.reconciler.reconcile(setup.resource(annotations=marker))
     assert second.status.id is None
     assert second.error is not None
     assert second.error.reason == "NameConflict"
-    events = await setup.reconciler.finalize(setup.resource(marker))
+    events = await setup.reconciler.finalize(setup.resource(annotations=marker))
     assert [(e.type, e.reason) for e in events] == [("Warning", "LeftInPlace")]
     assert first.status.id in events[0].message
     assert "team/other" in events[0].message

@@ -9,11 +9,12 @@ import base64
 from typing import Any
 
 from octoconn import errors
+from octoconn.apikeys import SecretData
 from octoconn.infisical import InfisicalClient
 from octoconn.kube import decode_secret_data
 from octoconn.models import OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusClient
-from octoconn.reconcile import Outcome, Resource, SecretData
+from octoconn.reconcile import Outcome, Resource
 from tests.contract.test_reconciler import MemorySecrets, MemoryStatus, creates, make_reconciler
 from tests.servers.infisical import InfisicalServer
 from tests.servers.octopus import OctopusServer

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from octoconn import errors
+from octoconn.apikeys import SecretData
 from octoconn.models import Condition, OctopusDeployConnectionStatus
 from octoconn.octopus import OctopusIdentity
-from octoconn.reconcile import SecretData, VerificationCache, rfc3339
+from octoconn.reconcile import VerificationCache, rfc3339
 from octoconn.runtime import STATUS_REFRESH_SECONDS, SharedSecretReads, needs_write
 
 

@@ -286,3 +286,26 @@ async def test_status_memory_keeps_a_connection_and_a_sync_of_one_name_apart() -
     connection = {"metadata": {"namespace": "ns", "name": "web", "uid": "octopusdeployconnections"}, "status": {}}
     assert memory.view(stale_sync, plural=PLURAL)["status"] == {"id": "sync-1"}  # our own write, not the stale body
     assert memory.view(connection)["status"] == {}  # the connection named web is another object
+
+
+def test_a_sync_in_progress_is_a_normal_event_and_a_real_problem_a_warning() -> None:
+    from octoconn.conditions import transition_events
+    from octoconn.models import Condition
+    from octoconn.sync_models import OctopusDeploySecretSyncStatus
+
+    def ready(status: str, reason: str) -> OctopusDeploySecretSyncStatus:
+        condition = Condition(
+            type="Ready",
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            message=f"{reason} message",
+            last_transition_time="2026-01-01T00:00:00Z",
+            observed_generation=1,
+        )
+        return OctopusDeploySecretSyncStatus(conditions=[condition])
+
+    before = OctopusDeploySecretSyncStatus()
+    assert [e.type for e in transition_events(before, ready("Unknown", "Syncing"))] == ["Normal"]
+    assert [e.type for e in transition_events(before, ready("True", "Available"))] == ["Normal"]
+    assert [e.type for e in transition_events(before, ready("Unknown", "InfisicalUnreachable"))] == ["Warning"]
+    assert [e.type for e in transition_events(before, ready("False", "SyncFailed"))] == ["Warning"]
