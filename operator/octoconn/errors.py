@@ -141,6 +141,17 @@ class InfisicalAuthFailed(InfisicalError):
     retry = Retry.SLOW
 
 
+class InfisicalForbidden(InfisicalAuthFailed):
+    """403: the identity is known but may not do this."""
+
+
+class InfisicalProjectUnavailable(InfisicalError):
+    """403 on a request naming an Infisical project: it does not exist, or the identity is no member of it."""
+
+    reason = "InfisicalProjectUnavailable"
+    retry = Retry.SLOW
+
+
 class InfisicalRejected(InfisicalError):
     """400/422: Infisical refused the request (validation, its own Octopus credential check, SSRF guard...)."""
 

@@ -10,12 +10,13 @@ client IP), and the mapping of Infisical's error bodies to the typed errors the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -308,19 +309,22 @@ class InfisicalClient:
     async def get_sync_by_name(self, name: str, *, project_id: str) -> SecretSync | None:
         """The sync named ``name`` in the Infisical project, or None."""
         what = f'look up the secret sync "{name}"'
-        response = await self._call(
-            "GET",
-            f"{_SYNCS}/sync-name/{_segment(name)}",
-            params={"projectId": project_id},
-            what=what,
-            missing_ok=True,
-        )
+        with _project_scoped(project_id):
+            response = await self._call(
+                "GET",
+                f"{_SYNCS}/sync-name/{_segment(name)}",
+                params={"projectId": project_id},
+                what=what,
+                missing_ok=True,
+            )
         return None if response.status_code == 404 else self._sync(response, what=what)
 
     async def create_sync(self, body: dict[str, Any]) -> SecretSync:
         """Create a sync (Infisical answers at once, before any call to Octopus). ``body`` is the whole create body."""
         what = f'create the secret sync "{body.get("name")}"'
-        return self._sync(await self._call("POST", _SYNCS, json=body, what=what), what=what)
+        with _project_scoped(str(body.get("projectId") or "")):
+            response = await self._call("POST", _SYNCS, json=body, what=what)
+        return self._sync(response, what=what)
 
     async def update_sync(self, sync_id: str, body: dict[str, Any]) -> SecretSync:
         """PATCH a sync. Every PATCH makes Infisical run a full sync, so send one only when something changed."""
@@ -605,7 +609,7 @@ class InfisicalClient:
                 if "secret sync" in what
                 else "App Connections in this organization or project"
             )
-            return errors.InfisicalAuthFailed(
+            return errors.InfisicalForbidden(
                 f"The Infisical machine identity is not allowed to {what}: {message}{ref}. Give it a role with "
                 f"permission to manage {managed}",
                 status_code=status,
@@ -759,3 +763,18 @@ def _issue(item: object) -> str:
     if isinstance(path, list) and path:
         return f"{'.'.join(str(part) for part in path)}: {text}"
     return text
+
+
+@contextlib.contextmanager
+def _project_scoped(project_id: str) -> Iterator[None]:
+    """A 403 on a request naming a project is about that project first: Infisical refuses an identity that is no
+    member of it, and answers the same whether the project exists or not."""
+    try:
+        yield
+    except errors.InfisicalForbidden as exc:
+        raise errors.InfisicalProjectUnavailable(
+            f"Infisical project {project_id} does not exist, or the operator's machine identity cannot see it (it is "
+            f"no member of that project): {exc.message}. Check spec.source.projectId, or add the identity to that "
+            "project with a role that may manage secret syncs",
+            status_code=exc.status_code,
+        ) from None

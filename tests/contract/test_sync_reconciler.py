@@ -433,3 +433,46 @@ async def test_without_auto_sync_the_operator_runs_the_first_sync_and_requests_o
     assert status.handled_sync_request == "2026-01-02"
     assert setup.writes().count(("POST", f"{SYNCS}/{status.id}/sync-secrets")) == 2
     assert setup.variables()["DB_PASS"]["Value"] == "second"
+
+
+async def test_an_unknown_infisical_project_is_named_not_blamed_on_the_credentials(setup: Setup) -> None:
+    missing = str(uuid.uuid4())
+    source = {"projectId": missing, "environment": "prod", "secretPath": "/apps/web"}
+    outcome = await setup.reconciler.reconcile(setup.resource(source=source))
+    assert outcome.error is not None
+    assert outcome.error.reason == "InfisicalProjectUnavailable"
+    synced = outcome.status.condition("Synced")
+    assert synced is not None
+    assert synced.reason == "InfisicalProjectUnavailable"
+    assert missing in synced.message
+    assert "spec.source.projectId" in synced.message
+    assert "credentials" not in synced.message
+    assert setup.infisical.state.syncs.all() == []
+
+
+async def test_a_key_with_a_byte_order_mark_works_for_syncs(setup: Setup) -> None:
+    setup.kube.secrets[("team", "key")] = SecretData(resource_version="2", data={"apiKey": "\ufeff" + setup.key + "\n"})
+    status = await settle(setup, lambda s: setup.resource(s), OctopusDeploySecretSyncStatus())
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("True", "Available")
+
+
+async def test_a_refused_create_is_not_sent_again_until_something_changes(setup: Setup) -> None:
+    # Infisical refuses the folder: the same create would be refused again, at every check and every restart.
+    spec = {"source": {"projectId": setup.infisical_project, "environment": "prod", "secretPath": "/missing"}}
+    first = await setup.reconciler.reconcile(setup.resource(**spec))
+    assert first.error is not None
+    assert first.error.reason == "InfisicalRejected"
+    assert first.status.refused_write is not None
+    posts = len([w for w in setup.writes() if w[0] == "POST"])
+    assert posts == 1
+    again = await setup.reconciler.reconcile(setup.resource(first.status, **spec))
+    assert again.error is not None
+    assert "not sent again" in again.error.message
+    assert len([w for w in setup.writes() if w[0] == "POST"]) == 1
+    asked = await setup.reconciler.reconcile(
+        setup.resource(again.status, annotations={"octoconn.dev/sync-requested-at": "now"}, **spec)
+    )
+    assert asked.error is not None
+    assert len([w for w in setup.writes() if w[0] == "POST"]) == 2  # a re-check asked for sends it again

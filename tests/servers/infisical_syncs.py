@@ -64,7 +64,7 @@ Behaviour → test in tests/servers/test_infisical_syncs.py:
 | TRAP: body-less call with a JSON Content-Type → 500 | test_body_less_calls_with_a_json_type_are_500 |
 | validation: 422 issues (name, initialSyncBehavior, keySchema, spaceId, scope, uuid) | test_create_validation_errors |
 | unknown keys dropped; secretPath trailing slash; defaults | test_create_normalises_and_drops_unknown_keys |
-| name unique per project; 404/403 project; folder 400 | test_create_lookup_errors |
+| name unique per project; 403 unknown or foreign project; folder 400 | test_create_lookup_errors |
 | connection checks: 404, other app 400 | test_create_connection_errors |
 | get by name; list; all destinations; options | test_get_by_name_list_and_options |
 | other destination's sync → 400 | test_other_destination_is_400 |
@@ -88,6 +88,10 @@ tests. Choices where the reference is silent (double's choices):
   connections and try again." (the second sentence is a guess).
 - Lock/concurrency exhaustion of a remove job sets ``removeStatus`` "failed" with the same text as a sync.
 - Permissions inside a project are not modelled: any identity of the project's org may use every route.
+- A project the double does not know answers 403 "You are not allowed to access this project": a real Infisical
+  refuses a machine identity that is no member of the project before it looks the project up (the reference's 404
+  "Project with <id> not found" is what a member, or a user, would see). The status is what real Infisical answered
+  when tried; the wording is the double's.
 """
 
 from __future__ import annotations
@@ -677,7 +681,9 @@ class SecretSyncApi:
 
         project = self.state._projects.get(project_id)
         if project is None:
-            raise ApiError(404, f"Project with {project_id} not found")
+            # A machine identity is refused before any lookup: the permission check finds no membership of it in
+            # that project, whether or not the project exists (the double's wording; the status is real Infisical's).
+            raise ApiError(403, "You are not allowed to access this project", details=[])
         if project.org_id != actor.org_id:
             raise ApiError(403, "This project does not belong to your selected organization.", details=[])
 

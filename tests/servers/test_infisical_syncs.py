@@ -650,7 +650,10 @@ def test_create_lookup_errors(world: World) -> None:
         400,
         f'A Secret Sync with the name "taken" already exists for the project with ID "{world.project_id}"',
     )
-    assert_error(world.api.post(SYNCS, json=world.body(projectId="nope")), 404, "Project with nope not found")
+    # A machine identity that is no member of the project (it does not exist here) is refused, as by Infisical.
+    assert_error(
+        world.api.post(SYNCS, json=world.body(projectId="nope")), 403, "You are not allowed to access this project"
+    )
     foreign = world.infisical.state.add_project(org_id="11111111-1111-4111-8111-111111111111")
     response = world.api.post(SYNCS, json=world.body(projectId=foreign))
     assert_error(response, 403, "This project does not belong to your selected organization.")
