@@ -68,6 +68,7 @@ class Lifecycle(Protocol, Generic[R]):
     """What the shared loop needs to know about one kind of resource."""
 
     plural: str
+    interval: float | None  # between checks of a settled resource; None: OCTOCONN_RESYNC_INTERVAL_SECONDS
 
     def parse(self, body: Mapping[str, Any]) -> R: ...
 
@@ -105,6 +106,7 @@ class ConnectionLifecycle:
     reconciler: ConnectionReconciler
     secrets: SecretReader
     plural: str = PLURAL
+    interval: float | None = None  # None: the periodic check's (OCTOCONN_RESYNC_INTERVAL_SECONDS)
 
     def parse(self, body: Mapping[str, Any]) -> Resource:
         return Resource.from_body(body)
@@ -173,6 +175,8 @@ class ConnectionLifecycle:
 class SyncLifecycle:
     reconciler: SyncReconciler
     plural: str = SYNC_PLURAL
+    # A settled sync reads its latest run back this often: Infisical runs syncs by itself after a secret changes.
+    interval: float | None = None
 
     def parse(self, body: Mapping[str, Any]) -> SyncResource:
         return SyncResource.from_body(body)
@@ -439,6 +443,7 @@ class Runtime:
             status_writer=statuses,
             peers_at=lambda key: runtime.sync_peers.get(key, ()),
             owners_of=lambda sync_id: runtime.sync_owners.get(sync_id, ()),
+            rerun_failed_after=timedelta(seconds=settings.resync_interval_seconds),
         )
         runtime = cls(
             settings=settings,
@@ -463,7 +468,7 @@ class Runtime:
 
     @property
     def syncs(self) -> SyncLifecycle:
-        return SyncLifecycle(self.sync_reconciler)
+        return SyncLifecycle(self.sync_reconciler, interval=self.settings.sync_check_interval_seconds)
 
     def kick(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
         """Wake the resource's loop now (spec, annotation, Secret or connection change); a loop not started yet
@@ -603,7 +608,7 @@ class Runtime:
                 # After a restart, a resource that was fine and has not changed since waits for its periodic
                 # check instead of all of them checking at once: that burst would fill the Infisical read pace and
                 # delay real changes (rotations, edits) for minutes. Any change still wakes it at once.
-                initial = random.uniform(0, self.settings.resync_interval_seconds)  # noqa: S311 - jitter
+                initial = random.uniform(0, kind.interval or self.settings.resync_interval_seconds)  # noqa: S311
                 logger.debug("unchanged since the last check; first check in %.0fs unless woken", initial)
                 woken = asyncio.ensure_future(kick.wait())
                 await asyncio.wait({woken, stopping}, timeout=initial, return_when=asyncio.FIRST_COMPLETED)
@@ -617,7 +622,7 @@ class Runtime:
                 self._seen[key] = fingerprint
                 res = kind.parse(self.statuses.view(body, plural=kind.plural))
                 outcome = await self._guarded(kind, res, emit, logger, fresh=fresh, first_patch=first_patch)
-                delay = self._next_delay(outcome, failures + 1)
+                delay = self._next_delay(outcome, failures + 1, kind.interval)
                 failures = failures + 1 if outcome is None or outcome.error is not None else 0
                 logger.debug("next reconcile in %.0fs unless woken", delay)
                 woken = asyncio.ensure_future(kick.wait())
@@ -670,7 +675,7 @@ class Runtime:
             logger.info("reconciled: %s%s", _ready_summary(outcome), f" ({actions})" if actions else "")
         return outcome
 
-    def _next_delay(self, outcome: Outcome[Any] | None, attempt: int) -> float:
+    def _next_delay(self, outcome: Outcome[Any] | None, attempt: int, interval: float | None = None) -> float:
         s = self.settings
         if outcome is None:
             error: errors.OctoconnError = errors.OctoconnError("unexpected failure")
@@ -679,7 +684,7 @@ class Runtime:
         elif outcome.requeue_after is not None:
             return outcome.requeue_after  # something remote is still moving (a sync running in Infisical)
         else:
-            return jittered(s.resync_interval_seconds)
+            return jittered(interval or s.resync_interval_seconds)
         return retry_delay(
             error,
             attempt=attempt,

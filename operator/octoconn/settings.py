@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     resync_interval_seconds: float = Field(
         600.0, gt=0, description="Mean interval of the periodic re-check (jittered by +-10%)."
     )
+    sync_check_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Mean interval at which a settled secret sync reads Infisical's latest run back, whoever started "
+        "it (jittered by +-10%); each check is one paced Infisical read.",
+    )
     max_workers: int = Field(20, ge=1, description="How many resources reconcile at the same time.")
     infisical_writes_per_minute: int = Field(
         120, ge=1, description="Shared pace for Infisical writes (logins, creates, updates, deletes)."

@@ -28,7 +28,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from octoconn import conditions, errors, ownership
@@ -450,10 +450,14 @@ class SyncReconciler:
         status_writer: StatusWriter,
         peers_at: Callable[[str], Iterable[PeerSync]] = lambda _: (),
         owners_of: Callable[[str], Iterable[str]] = lambda _: (),
+        rerun_failed_after: timedelta = timedelta(minutes=10),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """``peers_at(destination_key)``: every OctopusDeploySecretSync whose status records that destination.
-        ``owners_of(sync_id)``: the ``namespace/name`` of every OctopusDeploySecretSync that records that sync."""
+        ``owners_of(sync_id)``: the ``namespace/name`` of every OctopusDeploySecretSync that records that sync.
+        ``rerun_failed_after``: a run that failed is tried again (destination checked first) this long after the
+        operator's last request, so a cause fixed in Octopus clears without anyone asking."""
+        self._rerun_failed_after = rerun_failed_after
         self._owners_of = owners_of
         self._connections = connections
         self._secrets = secrets
@@ -499,7 +503,8 @@ class SyncReconciler:
         try:
             assert connection.status.id is not None  # a Ready connection has one
             remote, adopted = await self._find(res, store, connection.status.id, now, first_patch)
-            if not destination_ok or remote is None:
+            rerun = remote is not None and self._rerun_due(remote, status, now)
+            if not destination_ok or remote is None or rerun:
                 await self._verify_destination(res, status, connection, api_key, now)
             else:
                 self._check_conflicts(res, status)
@@ -509,7 +514,7 @@ class SyncReconciler:
             action = adopted or action
             if action is not None:
                 status.handled_sync_request = res.sync_request  # the write itself runs a sync
-            remote = await self._requested_sync(res, status, store, remote)
+            remote = await self._requested_sync(res, status, store, remote, rerun=rerun and action is None)
         except (errors.OctopusError, errors.ConflictingSync) as exc:
             return self._destination_failed(res, status, now, exc)
         except errors.OctoconnError as exc:
@@ -868,14 +873,25 @@ class SyncReconciler:
             )
             raise
 
+    def _rerun_due(self, remote: SecretSync, status: OctopusDeploySecretSyncStatus, now: datetime) -> bool:
+        """A failed run is run again once its cause may have been fixed: at a check this long after our request."""
+        requested = parse_time(status.requested_at)
+        return remote.sync_status == "failed" and (requested is None or now - requested >= self._rerun_failed_after)
+
     async def _requested_sync(
-        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, store: SyncStore, remote: SecretSync
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        store: SyncStore,
+        remote: SecretSync,
+        *,
+        rerun: bool = False,
     ) -> SecretSync:
         """A new ``octoconn.dev/sync-requested-at`` value asks Infisical for a sync now (so does a sync that never
-        ran: with auto-sync off, Infisical runs none by itself)."""
+        ran: with auto-sync off, Infisical runs none by itself; and so does a failed run that is due again)."""
         request = res.sync_request
         never_synced = remote.sync_status is None  # auto-sync off and the sync after our write did not start
-        if not never_synced and (request is None or request == status.handled_sync_request):
+        if not (never_synced or rerun) and (request is None or request == status.handled_sync_request):
             return remote
         triggered = await store.trigger_sync(remote.id)
         if triggered is None:

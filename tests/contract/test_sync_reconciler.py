@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -476,3 +476,39 @@ async def test_a_refused_create_is_not_sent_again_until_something_changes(setup:
     )
     assert asked.error is not None
     assert len([w for w in setup.writes() if w[0] == "POST"]) == 2  # a re-check asked for sends it again
+
+
+async def test_a_missing_permission_recovers_at_the_next_check_once_granted(setup: Setup) -> None:
+    setup.octopus.state.grant(setup.key, {"SpaceView", "ProjectView", "VariableView"})
+    first = await setup.reconciler.reconcile(setup.resource())
+    verified = first.status.condition("DestinationVerified")
+    assert verified is not None
+    assert (verified.status, verified.reason) == ("False", "MissingPermission")
+    setup.octopus.state.grant(setup.key, None)  # fixed in Octopus; nobody touches the resource
+    status = await settle(setup, lambda s: setup.resource(s), first.status)  # the next periodic pass
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("True", "Available")
+
+
+async def test_a_failed_run_is_run_again_at_a_later_check_once_the_cause_is_fixed(setup: Setup) -> None:
+    reconciler = SyncReconciler(
+        connections=setup.kube,
+        secrets=setup.kube,
+        octopus=setup.octopus_client,
+        stores=Stores(setup.client),
+        status_writer=setup.kube,
+        rerun_failed_after=timedelta(0),  # every check is "later" here
+    )
+    setup.reconciler = reconciler
+    status = await settle(setup, lambda s: setup.resource(s), OctopusDeploySecretSyncStatus())
+    setup.octopus.state.projects.restrict(setup.key, "VariableEdit", projects=["Projects-999"])
+    requested = {"octoconn.dev/sync-requested-at": "1"}
+    status = await settle(setup, lambda s: setup.resource(s, annotations=requested), status)
+    # The run failed; the check after it looked at the destination again and named the cause.
+    assert status.condition("Synced").reason in ("SyncFailed", "MissingPermission")  # type: ignore[union-attr]
+    setup.octopus.state.projects.restrict(setup.key, "VariableEdit", projects=None)  # fixed in Octopus
+    status = await settle(setup, lambda s: setup.resource(s, annotations=requested), status)
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("True", "Available")

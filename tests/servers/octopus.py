@@ -379,6 +379,11 @@ class OctopusState:
         with self._lock:
             self._keys[key].expires = self.clock() - timedelta(minutes=1)
 
+    def grant(self, key: str, permissions: set[str] | None) -> None:
+        """Change what the key's user may do (None = everything), as an administrator editing its teams would."""
+        with self._lock:
+            self._keys[key].permissions = frozenset(permissions) if permissions is not None else None
+
     def key_record(self, key: str) -> ApiKeyRecord | None:
         with self._lock:
             return self._keys.get(key)
