@@ -21,10 +21,11 @@ test-unit: ## fast tiers only: no control plane
 test-cluster: setup ## the cluster tier only (real kube-apiserver + etcd)
 	$(UV) run --frozen pytest -m cluster $(PYTEST_ARGS)
 
-lint: ## ruff, formatting and mypy --strict
+lint: ## ruff, formatting, mypy --strict and the import contract (.importlinter)
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
+	$(UV) run --frozen lint-imports
 
 fmt: ## format and auto-fix
 	$(UV) run --frozen ruff format .

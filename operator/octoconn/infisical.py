@@ -26,6 +26,7 @@ import httpx
 from octoconn import __version__, errors, metrics
 from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import WritePacer, parse_retry_after
+from octoconn.remote import AppConnection, SecretSync
 
 log = logging.getLogger(__name__)
 
@@ -57,95 +58,6 @@ class _Unset(enum.Enum):
 
 UNSET: Final = _Unset.UNSET
 """Marks an ``update`` argument that was not given (``None`` is a value: it clears the description)."""
-
-
-@dataclass(frozen=True)
-class AppConnection:
-    """An Octopus Deploy app connection as Infisical returned it (Infisical never returns the API key)."""
-
-    id: str
-    name: str
-    description: str | None
-    version: int
-    org_id: str
-    project_id: str | None
-    credentials_hash: str
-    instance_url: str
-    created_at: str
-    updated_at: str
-
-    @classmethod
-    def from_api(cls, data: dict[str, Any]) -> AppConnection:
-        """Build from Infisical's ``appConnection`` object; raises ValueError when a required field is missing."""
-        try:
-            credentials = data.get("credentials") or {}
-            return cls(
-                id=_required_str(data, "id"),
-                name=_required_str(data, "name"),
-                description=_optional_str(data.get("description")),
-                version=int(data["version"]),
-                org_id=_required_str(data, "orgId"),
-                project_id=_optional_str(data.get("projectId")),
-                credentials_hash=_required_str(data, "credentialsHash"),
-                instance_url=str(credentials.get("instanceUrl") or "") if isinstance(credentials, dict) else "",
-                created_at=str(data.get("createdAt") or ""),
-                updated_at=str(data.get("updatedAt") or ""),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not an app connection object ({type(exc).__name__}: {exc})") from None
-
-
-@dataclass(frozen=True)
-class SecretSync:
-    """An Octopus Deploy secret sync as Infisical returned it."""
-
-    id: str
-    name: str
-    description: str | None
-    project_id: str
-    connection_id: str
-    is_auto_sync_enabled: bool
-    environment: str | None  # slug; None once the source folder is gone
-    secret_path: str | None
-    sync_options: dict[str, Any]
-    destination_config: dict[str, Any]
-    sync_status: str | None
-    last_sync_message: str | None
-    last_synced_at: str | None
-    remove_status: str | None
-    last_remove_message: str | None
-    created_at: str
-    updated_at: str
-
-    @classmethod
-    def from_api(cls, data: dict[str, Any]) -> SecretSync:
-        """Build from Infisical's ``secretSync`` object; raises ValueError when a required field is missing."""
-        try:
-            environment = data.get("environment")
-            folder = data.get("folder")
-            options = data.get("syncOptions")
-            destination = data.get("destinationConfig")
-            return cls(
-                id=_required_str(data, "id"),
-                name=_required_str(data, "name"),
-                description=_optional_str(data.get("description")),
-                project_id=_required_str(data, "projectId"),
-                connection_id=_required_str(data, "connectionId"),
-                is_auto_sync_enabled=data.get("isAutoSyncEnabled") is not False,
-                environment=_optional_str(environment.get("slug")) if isinstance(environment, dict) else None,
-                secret_path=_optional_str(folder.get("path")) if isinstance(folder, dict) else None,
-                sync_options=dict(options) if isinstance(options, dict) else {},
-                destination_config=dict(destination) if isinstance(destination, dict) else {},
-                sync_status=_optional_str(data.get("syncStatus")),
-                last_sync_message=_optional_str(data.get("lastSyncMessage")),
-                last_synced_at=_optional_str(data.get("lastSyncedAt")),
-                remove_status=_optional_str(data.get("removeStatus")),
-                last_remove_message=_optional_str(data.get("lastRemoveMessage")),
-                created_at=str(data.get("createdAt") or ""),
-                updated_at=str(data.get("updatedAt") or ""),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a secret sync object ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -695,17 +607,6 @@ def _segment(value: str) -> str:
     if not value:
         raise errors.InvalidSpec("An empty app connection id or name cannot be looked up in Infisical")
     return quote(value, safe="")
-
-
-def _required_str(data: dict[str, Any], key: str) -> str:
-    value = data[key]
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key} is not a non-empty string")
-    return value
-
-
-def _optional_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _token_refused(response: httpx.Response) -> bool:

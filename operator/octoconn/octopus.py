@@ -15,132 +15,22 @@ import os
 import re
 import ssl
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import httpx
 
 from octoconn import __version__, errors, metrics
 from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import parse_retry_after
+from octoconn.remote import Named, OctopusDestination, OctopusIdentity, PermissionGrant, normalize_instance_url
 
 log = logging.getLogger(__name__)
 
 API_KEY_PATTERN = re.compile(r"^API-[A-Z0-9]+$")
 _HINT_LENGTH = 8  # Octopus keeps the first 8 characters of a key ("API-ABCD") as its hint
-_MAX_URL_LENGTH = 255  # Infisical stores instanceUrl in a 255-character column and refuses longer ones
-_HOST_PATTERN = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$")
 _DEFAULT_RATE_LIMIT_WAIT = 60.0  # Octopus limits per minute; without Retry-After, one window is the safe wait
-
-
-def normalize_instance_url(raw: str) -> str:
-    """Return the Octopus base URL (``scheme://host[:port][/prefix]``) for what a user pasted.
-
-    Users paste the portal address (``https://host/app#/Spaces-1/...``), the API root (``.../api/``) or the base
-    with a trailing slash; Infisical appends ``/api/users/me`` to exactly what it is given, so only the bare base
-    works there. A path prefix (``https://host/octopus``) is kept. The raw input is never echoed in the error,
-    because a pasted URL can carry a key in its query string or a password in its userinfo.
-    """
-    text = raw.strip()
-    example = "e.g. https://example.octopus.app or https://octopus.example.com/prefix"
-    if not text:
-        raise errors.InvalidInstanceUrl(f"instanceUrl is empty: set it to the Octopus server's base URL, {example}")
-    if "://" not in text:
-        raise errors.InvalidInstanceUrl(f"instanceUrl has no scheme: write it as an http(s) URL, {example}")
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        raise errors.InvalidInstanceUrl(
-            f"instanceUrl is not a valid URL (check the host and port): use the server's base URL, {example}"
-        ) from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = f" '{scheme}'" if re.fullmatch(r"[a-z][a-z0-9+.-]{0,15}", scheme) else ""
-        raise errors.InvalidInstanceUrl(
-            f"instanceUrl must use https (or http where allowed), not the scheme{shown}: {example}"
-        )
-    if "@" in parts.netloc:
-        raise errors.InvalidInstanceUrl(
-            "instanceUrl must not contain a user name or password (user:pass@host): Octopus authenticates with the "
-            "API key from the Secret; remove the userinfo part"
-        )
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise errors.InvalidInstanceUrl(f"instanceUrl has no host name: {example}")
-    if ":" in host:  # an IPv6 literal; urlsplit has already checked the brackets
-        netloc_host = f"[{host}]"
-    elif _HOST_PATTERN.match(host):
-        netloc_host = host
-    else:
-        raise errors.InvalidInstanceUrl(
-            "instanceUrl's host name contains characters that are not allowed (spaces, or non-ASCII: use the "
-            f"punycode xn-- form): {example}"
-        )
-    netloc = netloc_host if port is None else f"{netloc_host}:{port}"
-
-    # Everything from a "/api" or "/app" segment on is an API route or a portal page, never part of the base.
-    segments = parts.path.split("/")
-    for index, segment in enumerate(segments):
-        if segment.lower() in ("api", "app"):
-            segments = segments[:index]
-            break
-    path = "/".join(segments).rstrip("/")
-    url = f"{scheme}://{netloc}{path}"
-    if len(url) > _MAX_URL_LENGTH:
-        raise errors.InvalidInstanceUrl(
-            f"instanceUrl is longer than {_MAX_URL_LENGTH} characters once normalised, which Infisical does not "
-            "accept: use the server's base URL"
-        )
-    return url
-
-
-@dataclass(frozen=True)
-class OctopusIdentity:
-    """Who an API key belongs to, as Octopus reported it."""
-
-    user_id: str
-    username: str
-    display_name: str | None
-    is_service: bool
-    server_version: str | None
-    key_expires_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Named:
-    """An Octopus object as the operator needs it: its id and its display name."""
-
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class PermissionGrant:
-    """One ``UserPermissionRestriction`` of a permission: where it applies (an empty set = not restricted)."""
-
-    space_id: str | None
-    project_ids: frozenset[str]
-    environment_ids: frozenset[str]
-    project_group_ids: frozenset[str]
-
-
-@dataclass(frozen=True)
-class OctopusDestination:
-    """What a secret sync's destination looks like to the connection's key."""
-
-    user: Named
-    space: Named
-    project: Named
-    project_group_id: str | None
-    # ScopeValues of the project's variable set: "Environments", "Roles", "Machines", "Channels", "Processes",
-    # "Actions" -> the values Octopus offers there.
-    scope_values: Mapping[str, tuple[Named, ...]]
-    # Permission name -> where the key's user holds it.
-    permissions: Mapping[str, tuple[PermissionGrant, ...]]
 
 
 _SPACE_ID = re.compile(r"^Spaces-\d+$")

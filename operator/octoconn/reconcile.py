@@ -44,7 +44,6 @@ from octoconn.conditions import (
     utcnow,
 )
 from octoconn.engine import CreateGuard, Target, parse_marker
-from octoconn.infisical import AppConnection
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
     ANNOTATION_PAUSED,
@@ -61,7 +60,7 @@ from octoconn.models import (
     PendingCreate,
     RefusedWrite,
 )
-from octoconn.octopus import OctopusIdentity, normalize_instance_url
+from octoconn.remote import AppConnection, OctopusIdentity, normalize_instance_url
 
 CREDENTIALS_VERIFIED = "CredentialsVerified"
 SYNCED = "Synced"

@@ -45,7 +45,6 @@ from octoconn.conditions import (
     utcnow,
 )
 from octoconn.engine import AnnotationWriter, CreateGuard, FirstPatch, Target, parse_marker
-from octoconn.infisical import SecretSync
 from octoconn.models import (
     ANNOTATION_PAUSED,
     ANNOTATION_PENDING_CREATE,
@@ -53,8 +52,8 @@ from octoconn.models import (
     OctopusDeployConnectionStatus,
     PendingCreate,
 )
-from octoconn.octopus import Named, OctopusDestination, PermissionGrant, normalize_instance_url
 from octoconn.reconcile import SecretReader, read_identity
+from octoconn.remote import Named, OctopusDestination, PermissionGrant, SecretSync, normalize_instance_url
 from octoconn.sync_models import (
     ANNOTATION_SYNC_REQUESTED_AT,
     PLURAL,

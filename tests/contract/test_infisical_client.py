@@ -14,8 +14,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from octoconn import errors, metrics
-from octoconn.infisical import AppConnection, InfisicalClient, KubernetesAuth, UniversalAuth
+from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
 from octoconn.pacing import WritePacer
+from octoconn.remote import AppConnection
 from tests.servers.infisical import InfisicalServer
 from tests.servers.octopus import OctopusServer
 

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from octoconn import errors
-from octoconn.octopus import OctopusClient, OctopusIdentity
+from octoconn.octopus import OctopusClient
+from octoconn.remote import OctopusIdentity
 from tests.servers.infisical import InfisicalServer
 from tests.servers.octopus import SERVICE_ACCOUNT_ID, OctopusServer
 from tests.servers.runner import ServerThread

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from octoconn import errors
-from octoconn.octopus import Named, OctopusClient
+from octoconn.octopus import OctopusClient
+from octoconn.remote import Named
 from octoconn.sync import missing_permissions, resolve_scope
 from tests.servers.octopus import OctopusServer
 

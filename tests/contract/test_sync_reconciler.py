@@ -17,9 +17,10 @@ import pytest
 
 from octoconn import errors
 from octoconn.apikeys import SecretData
-from octoconn.infisical import InfisicalClient, SecretSync, UniversalAuth
+from octoconn.infisical import InfisicalClient, UniversalAuth
 from octoconn.models import ANNOTATION_PENDING_CREATE
 from octoconn.octopus import OctopusClient
+from octoconn.remote import SecretSync
 from octoconn.sync import (
     PeerSync,
     RemovingSecrets,

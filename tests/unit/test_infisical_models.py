@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from octoconn.infisical import UNSET, AppConnection, KubernetesAuth, UniversalAuth, _message
+from octoconn.infisical import UNSET, KubernetesAuth, UniversalAuth, _message
+from octoconn.remote import AppConnection
 
 CONNECTION = {
     "id": "6f1c7a0e-1111-4222-8333-944445555666",

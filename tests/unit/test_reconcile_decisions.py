@@ -10,9 +10,7 @@ import pytest
 
 from octoconn import errors
 from octoconn.conditions import READY, retry_delay, rfc3339, set_condition, transition_events
-from octoconn.infisical import AppConnection
 from octoconn.models import Condition, OctopusDeployConnectionStatus
-from octoconn.octopus import OctopusIdentity
 from octoconn.reconcile import (
     CREDENTIALS_VERIFIED,
     KEY_EXPIRING_SOON,
@@ -26,6 +24,7 @@ from octoconn.reconcile import (
     stored_description,
     summarize_ready,
 )
+from octoconn.remote import AppConnection, OctopusIdentity
 from octoconn.runtime import StatusMemory
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

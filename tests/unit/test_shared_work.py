@@ -11,8 +11,8 @@ import pytest
 from octoconn import errors
 from octoconn.apikeys import SecretData
 from octoconn.models import Condition, OctopusDeployConnectionStatus
-from octoconn.octopus import OctopusIdentity
 from octoconn.reconcile import VerificationCache, rfc3339
+from octoconn.remote import OctopusIdentity
 from octoconn.runtime import STATUS_REFRESH_SECONDS, SharedSecretReads, needs_write
 
 

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from octoconn import errors
-from octoconn.infisical import SecretSync
-from octoconn.octopus import Named, OctopusDestination, PermissionGrant
+from octoconn.remote import Named, OctopusDestination, PermissionGrant, SecretSync
 from octoconn.sync import (
     PeerSync,
     SyncResource,

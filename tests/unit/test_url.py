@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from octoconn import errors
-from octoconn.octopus import normalize_instance_url
+from octoconn.remote import normalize_instance_url
 
 NORMALISED = [
     ("https://example.octopus.app", "https://example.octopus.app"),

@@ -21,6 +21,7 @@ class Passes:
     """A kind whose passes are counted; it writes no status, so no Kubernetes client is needed."""
 
     plural: str
+    interval: float | None = None
     bodies: list[Mapping[str, Any]] = field(default_factory=list)
     ran: asyncio.Event = field(default_factory=asyncio.Event)
 
