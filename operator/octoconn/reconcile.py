@@ -23,7 +23,6 @@ import asyncio
 import copy
 import hashlib
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from octoconn.models import (
     RefusedWrite,
 )
 from octoconn.octopus import OctopusIdentity, normalize_instance_url
+from octoconn.text import js_trim
 
 CREDENTIALS_VERIFIED = "CredentialsVerified"
 SYNCED = "Synced"
@@ -173,14 +173,6 @@ Outcome = conditions.Outcome[OctopusDeployConnectionStatus]
 
 
 # --- pure helpers ------------------------------------------------------------------------------------------------
-# JavaScript's String.prototype.trim, which Infisical's schemas apply: Unicode spaces and the byte-order mark.
-_JS_TRIM = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")
-
-
-def js_trim(text: str) -> str:
-    return _JS_TRIM.sub("", text)
-
-
 def stored_description(description: str | None) -> str | None:
     """The description as Infisical stores it (trimmed); an empty one counts as none."""
     return (js_trim(description) or None) if description is not None else None
