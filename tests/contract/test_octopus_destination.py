@@ -196,3 +196,15 @@ async def test_an_answer_httpx_cannot_read_becomes_an_octoconn_error(
         assert "could not be read" in caught.value.message
         assert "proxy" in caught.value.message
         assert key not in caught.value.message
+
+
+async def test_the_request_layer_itself_turns_an_unsendable_key_into_an_octoconn_error(
+    octopus: OctopusServer, client: OctopusClient
+) -> None:
+    """The public calls refuse such a key first; the one place that sends still never lets httpx's error out, so a
+    future caller that skips the check gets a message, not a UnicodeEncodeError."""
+    with pytest.raises(errors.MalformedApiKey) as caught:
+        await client._send(octopus.url, "/api/users/me", key="API-\ufeffABCDEF0123456789")
+    assert "cannot be sent to Octopus" in caught.value.message
+    assert "ABCDEF0123456789" not in caught.value.message
+    assert octopus.state.requests == []
