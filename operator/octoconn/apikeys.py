@@ -8,14 +8,11 @@ be compared or sent as it was typed. Decisions only: the Secret is read by the c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from octoconn import errors
-
-# JavaScript's String.prototype.trim, which Infisical's schemas apply: Unicode spaces and the byte-order mark.
-_JS_TRIM = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")
+from octoconn.text import js_trim
 
 
 @dataclass(frozen=True)
@@ -24,10 +21,6 @@ class SecretData:
     data: Mapping[str, str]  # decoded values
     # Keys whose value is not UTF-8 text -> a guess at what it is ("UTF-16", "binary"); never the value itself.
     undecodable: Mapping[str, str] = field(default_factory=dict)
-
-
-def js_trim(text: str) -> str:
-    return _JS_TRIM.sub("", text)
 
 
 def api_key_from(secret: SecretData, *, namespace: str, name: str, key: str) -> str:

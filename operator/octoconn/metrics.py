@@ -25,6 +25,9 @@ from octoconn import __version__
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from octoconn.sync import SyncResource
+    from octoconn.sync_models import OctopusDeploySecretSyncStatus
+
 Service = Literal["octopus", "infisical"]
 T = TypeVar("T")
 
@@ -66,6 +69,26 @@ KEY_EXPIRY = Gauge(
     "octoconn_api_key_expiry_timestamp_seconds",
     "Unix time at which the resource's Octopus API key expires (absent when Octopus did not say).",
     ["namespace", "name"],
+)
+SYNC_READY = Gauge(
+    "octoconn_secret_sync_ready",
+    "1 when the OctopusDeploySecretSync's Ready condition is True, else 0.",
+    ["namespace", "name"],
+)
+SYNC_PAUSED = Gauge(
+    "octoconn_secret_sync_paused",
+    '1 while the OctopusDeploySecretSync carries octoconn.dev/paused="true", else 0.',
+    ["namespace", "name"],
+)
+SYNC_LAST_SUCCESS = Gauge(
+    "octoconn_secret_sync_last_success_timestamp_seconds",
+    "Unix time of the sync's last successful run in Infisical (status.lastSyncedAt; absent before the first).",
+    ["namespace", "name"],
+)
+SYNC_FAILING = Gauge(
+    "octoconn_secret_sync_failing",
+    "1 while the sync fails (Ready False, not paused), labelled with the Ready reason; absent otherwise.",
+    ["namespace", "name", "reason"],
 )
 REQUESTS = {
     "octopus": Counter(
@@ -205,6 +228,39 @@ def forget_resource(namespace: str, name: str) -> None:
     RESOURCES.state.pop((namespace, name), None)
     for gauge in (RESOURCE_READY, RESOURCE_PAUSED, KEY_EXPIRY):
         gauge.remove(namespace, name)
+
+
+def observe_sync(res: SyncResource, status: OctopusDeploySecretSyncStatus, *, deleting: bool = False) -> None:
+    """Per-sync series from a status: a pass's, or the stored one (after a restart, before the first check).
+
+    ``deleting``: the finalizer waits (for Infisical's removal, or on a failure it keeps retrying); not Ready, and
+    not counted as failing, since a removal in progress is no failure: a deletion that stays stuck shows as a sync
+    that has not been Ready for a while.
+    """
+    from octoconn.conditions import parse_time  # here: it loads the models, which `octoconn check` does not need
+
+    key = (res.namespace, res.name)
+    ready = status.condition("Ready")
+    failing = (
+        ready.reason if ready is not None and ready.status == "False" and not res.paused and not deleting else None
+    )
+    SYNC_READY.labels(*key).set(1 if ready is not None and ready.status == "True" and not deleting else 0)
+    SYNC_PAUSED.labels(*key).set(1 if res.paused else 0)
+    synced_at = parse_time(status.last_synced_at)
+    if synced_at is not None:
+        SYNC_LAST_SUCCESS.labels(*key).set(synced_at.timestamp())
+    else:
+        SYNC_LAST_SUCCESS.remove(*key)  # a no-op when absent
+    SYNC_FAILING.remove_by_labels({"namespace": res.namespace, "name": res.name})  # the reason may have changed
+    if failing is not None:
+        SYNC_FAILING.labels(*key, failing).set(1)
+
+
+def forget_sync(namespace: str, name: str) -> None:
+    """Drop every per-sync series: the sync is gone (or no longer managed by this process)."""
+    for gauge in (SYNC_READY, SYNC_PAUSED, SYNC_LAST_SUCCESS):
+        gauge.remove(namespace, name)
+    SYNC_FAILING.remove_by_labels({"namespace": namespace, "name": name})
 
 
 # --- the endpoint ------------------------------------------------------------------------------------------------

@@ -24,7 +24,15 @@ import httpx
 from octoconn import __version__, errors, metrics
 from octoconn.httputil import describe, json_object, scrub
 from octoconn.pacing import parse_retry_after
-from octoconn.remote import Named, OctopusDestination, OctopusIdentity, PermissionGrant, normalize_instance_url
+from octoconn.remote import (
+    Named,
+    OctopusDestination,
+    OctopusIdentity,
+    OctopusVariable,
+    PermissionGrant,
+    normalize_instance_url,
+)
+from octoconn.text import js_trim
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +133,14 @@ class OctopusClient:
         Five GETs, never a write: the key's user, the spaces, the project, the project's variable set (its
         ``ScopeValues`` turn scope names into ids, and reading it proves ``VariableView``) and the user's permissions
         (``VariableEdit`` cannot be probed without writing). The caller has already verified the key and the URL
-        through the connection. Raises ``DestinationNotFound``, ``OctopusPermissionMissing`` or another Octopus error.
+        through the connection. Raises ``DestinationNotFound``, ``OctopusPermissionMissing`` or another Octopus error,
+        and ``MalformedApiKey`` before any request for a value that cannot be a key.
+
+        The key is trimmed as Infisical trims it (a byte-order mark too), so it is the key Infisical will use.
         """
         base = normalize_instance_url(instance_url)
-        key = api_key.strip()
+        key = js_trim(api_key)
+        _check_key_shape(key)
         me = await self._get_json(base, "/api/users/me", key=key, what="read the key's user")
         if not isinstance(me, dict) or not isinstance(me.get("Id"), str):
             raise errors.OctopusUnexpectedResponse(f"Octopus at {base} answered /api/users/me without a user")
@@ -144,6 +156,7 @@ class OctopusClient:
             what=f"read the variables of {where}",
         )
         scope_values = _scope_values(variables.get("ScopeValues") if isinstance(variables, dict) else None)
+        listed = _variables(variables.get("Variables") if isinstance(variables, dict) else None)
         permissions = await self._get_json(
             base, f"/api/users/{quote(user.id, safe='')}/permissions", key=key, what="read the key's permissions"
         )
@@ -154,6 +167,7 @@ class OctopusClient:
             project_group_id=group_id,
             scope_values=scope_values,
             permissions=_permissions(permissions.get("SpacePermissions") if isinstance(permissions, dict) else None),
+            variables=listed,
         )
 
     async def _resolve_space(self, base: str, key: str, ref: str) -> Named:
@@ -284,6 +298,13 @@ class OctopusClient:
             raise errors.OctopusUnreachable(
                 f"Octopus at {base} did not answer within {self._timeout:g} s ({describe(exc)})"
             ) from None
+        except UnicodeEncodeError:
+            # httpx sends header values as ASCII; only the key can hold anything else. Never echo it.
+            raise errors.MalformedApiKey(
+                "The API key contains a character that cannot be sent to Octopus (not ASCII: a byte-order mark or a "
+                "no-break space inside it, or a letter with an accent). Copy the whole key from Octopus again and "
+                "write it as plain text"
+            ) from None
         except httpx.TransportError as exc:
             tls = _ssl_error(exc)
             if tls is not None and "WRONG_VERSION_NUMBER" in str(tls):
@@ -305,6 +326,12 @@ class OctopusClient:
                 ) from None
             raise errors.OctopusUnreachable(
                 f"Could not reach Octopus at {base} ({scrub(describe(exc), [key])})"
+            ) from None
+        except httpx.HTTPError as exc:  # an answer httpx could not read (e.g. a body that fails to decompress)
+            raise errors.OctopusUnexpectedResponse(
+                f"Octopus at {base} sent an answer that could not be read ({type(exc).__name__}: "
+                f"{scrub(str(exc), [key])}). A proxy in front of Octopus may be mangling it: check instanceUrl and "
+                "the proxy"
             ) from None
         log.debug("GET %s -> %s", url, response.status_code)
         return response
@@ -457,6 +484,20 @@ def _scope_values(raw: object) -> dict[str, tuple[Named, ...]]:
             if isinstance(v, dict) and isinstance(v.get("Id"), str)
         )
     return out
+
+
+def _variables(raw: object) -> tuple[OctopusVariable, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(
+        OctopusVariable(
+            name=v["Name"],
+            type=v["Type"] if isinstance(v.get("Type"), str) else None,
+            is_sensitive=v.get("IsSensitive") is True,
+        )
+        for v in raw
+        if isinstance(v, dict) and isinstance(v.get("Name"), str)
+    )
 
 
 def _permissions(raw: object) -> dict[str, tuple[PermissionGrant, ...]]:

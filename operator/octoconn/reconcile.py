@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from octoconn import conditions, engine, errors, ownership
-from octoconn.apikeys import SecretData, api_key_from, js_trim
+from octoconn.apikeys import SecretData, api_key_from
 from octoconn.conditions import (
     READY,
     TRANSIENT,
@@ -61,6 +61,7 @@ from octoconn.models import (
     RefusedWrite,
 )
 from octoconn.remote import AppConnection, OctopusIdentity, normalize_instance_url
+from octoconn.text import js_trim
 
 CREDENTIALS_VERIFIED = "CredentialsVerified"
 SYNCED = "Synced"

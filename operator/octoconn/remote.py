@@ -113,6 +113,15 @@ class PermissionGrant:
 
 
 @dataclass(frozen=True)
+class OctopusVariable:
+    """One variable of a project's variable set, as far as a sync's checks need it (never its value)."""
+
+    name: str
+    type: str | None  # String, Sensitive, Certificate, ...
+    is_sensitive: bool
+
+
+@dataclass(frozen=True)
 class OctopusDestination:
     """What a secret sync's destination looks like to the connection's key."""
 
@@ -125,6 +134,8 @@ class OctopusDestination:
     scope_values: Mapping[str, tuple[Named, ...]]
     # Permission name -> where the key's user holds it.
     permissions: Mapping[str, tuple[PermissionGrant, ...]]
+    # The project's variables as the variable set lists them (Infisical keeps every one it does not manage).
+    variables: tuple[OctopusVariable, ...] = ()
 
 
 @dataclass(frozen=True)

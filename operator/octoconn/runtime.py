@@ -203,18 +203,18 @@ class SyncLifecycle:
     ) -> tuple[Status, list[Event]]:
         return sync.deletion_blocked(res, error, now)
 
-    # The metrics describe connections (their series carry a key expiry); syncs are not counted in them yet.
+    # Per-sync series of their own (docs/monitoring.md); the reconcile counters describe connections.
     def observe(self, res: SyncResource, outcome: Outcome[Any] | None, seconds: float) -> None:
-        return None
+        metrics.observe_sync(res, outcome.status if outcome is not None else res.status)
 
     def observe_status(self, res: SyncResource) -> None:
-        return None
+        metrics.observe_sync(res, res.status)
 
     def observe_blocked(self, res: SyncResource) -> None:
-        return None
+        metrics.observe_sync(res, res.status, deleting=True)
 
     def forget_metrics(self, res: SyncResource) -> None:
-        return None
+        metrics.forget_sync(res.namespace, res.name)
 
     async def settled(self, res: SyncResource) -> bool:
         """Synced at this generation with no sync request pending: the periodic check will do."""

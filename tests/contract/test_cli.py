@@ -138,3 +138,132 @@ def test_check_refuses_a_huge_key_file_quickly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "MalformedApiKey" in result.stderr
     assert "AAAAAAAA" not in result.stderr
+
+
+# --- a secret sync's destination -------------------------------------------------------------------------------------
+def key_file_for(tmp_path: Path, key: str, *, bom: bool = False) -> str:
+    path = tmp_path / "key"
+    path.write_bytes(("\ufeff" if bom else "").encode() + key.encode() + b"\r\n")
+    return str(path)
+
+
+def check_destination(octopus: OctopusServer, key_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return octoconn("check", "--instance-url", octopus.url, "--api-key-file", key_file, "--allow-http", *args)
+
+
+def test_check_a_destination_with_the_operators_five_reads(octopus: OctopusServer, tmp_path: Path) -> None:
+    projects = octopus.state.projects
+    project = projects.add_project("Spaces-1", "Cli Shop")
+    production = projects.add_environment("Spaces-1", "Cli Production")
+    before = len(octopus.state.requests)
+    result = check_destination(
+        octopus,
+        key_file_for(tmp_path, octopus.state.issue_key()),
+        *("--space", "Default", "--project", "cli-shop", "--environment", "cli production"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"OK: project Cli Shop ({project}) in space Default (Spaces-1) exists and user" in lines[-2]
+    assert lines[-1] == f"Scope environments: Cli Production ({production})"
+    requests = octopus.state.requests[before:]
+    assert {r.method for r in requests} == {"GET"}  # nothing written
+    # The key check (root, user, key expiry), then the destination's five reads, as the operator makes them.
+    assert [r.path for r in requests][3:] == [
+        "/api/users/me",
+        "/api/spaces/all",
+        "/api/Spaces-1/projects/all",
+        f"/api/Spaces-1/projects/{project}/variables",
+        "/api/users/Users-1/permissions",
+    ]
+
+
+def test_check_a_destination_gives_the_operators_permission_verdict(octopus: OctopusServer, tmp_path: Path) -> None:
+    projects = octopus.state.projects
+    projects.add_project("Spaces-1", "Cli Locked")
+    test_env = projects.add_environment("Spaces-1", "Cli Test")
+    no_edit = octopus.state.issue_key(permissions={"SpaceView", "ProjectView", "VariableView"})
+    result = check_destination(
+        octopus, key_file_for(tmp_path, no_edit), "--space", "Spaces-1", "--project", "Cli Locked"
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("FAILED (MissingPermission): Octopus user")
+    assert "lacks VariableEdit on project Cli Locked" in result.stderr
+    assert no_edit not in result.stdout + result.stderr
+
+    # VariableEdit limited to one environment: enough for variables scoped to it, not for unscoped ones.
+    limited = octopus.state.issue_key(
+        permissions={"SpaceView", "ProjectView", "VariableView", "VariableEdit", "EnvironmentView"}
+    )
+    projects.restrict(limited, "VariableEdit", environments=[test_env])
+    key_file = key_file_for(tmp_path, limited)
+    unscoped = check_destination(octopus, key_file, "--space", "Default", "--project", "Cli Locked")
+    assert unscoped.returncode == 1
+    assert "lacks VariableEditUnscoped" in unscoped.stderr
+    scoped = check_destination(
+        octopus, key_file, "--space", "Default", "--project", "Cli Locked", "--environment", test_env
+    )
+    assert scoped.returncode == 0, scoped.stderr
+
+
+def test_check_a_destination_names_what_is_not_found(octopus: OctopusServer, tmp_path: Path) -> None:
+    octopus.state.projects.add_project("Spaces-1", "Cli Found")
+    key_file = key_file_for(tmp_path, octopus.state.issue_key())
+    project = check_destination(octopus, key_file, "--space", "Default", "--project", "Cli Fund")
+    assert project.returncode == 1
+    assert project.stderr.startswith("FAILED (DestinationNotFound):")
+    assert '"Cli Fund"' in project.stderr
+    scope = check_destination(octopus, key_file, "--space", "Default", "--project", "Cli Found", "--role", "no-such")
+    assert scope.returncode == 1
+    assert 'spec.destination.scope.roles: "no-such"' in scope.stderr
+
+
+def test_check_a_destination_warns_of_a_non_sensitive_variable_of_a_written_name(
+    octopus: OctopusServer, tmp_path: Path
+) -> None:
+    projects = octopus.state.projects
+    project = projects.add_project("Spaces-1", "Cli Clash")
+    projects.set_variable(project, "db_pass", "plain-value", sensitive=False)
+    projects.set_variable(project, "API_TOKEN", "old-secret", sensitive=True)  # Infisical replaces this one
+    key_file = key_file_for(tmp_path, octopus.state.issue_key())
+    where = ("--space", "Default", "--project", "Cli Clash")
+    keys = ("--secret-key", "DB_PASS", "--secret-key", "API_TOKEN")
+
+    clash = check_destination(octopus, key_file, *where, *keys)
+    assert clash.returncode == 0, clash.stderr  # a warning, as on DestinationVerified, which stays True
+    (warning,) = [line for line in clash.stdout.splitlines() if line.startswith("WARNING")]
+    assert (
+        f"project Cli Clash ({project}) in space Default (Spaces-1) already has non-sensitive variables named DB_PASS."
+        in warning
+    )
+    assert "API_TOKEN" not in warning
+    assert "plain-value" not in clash.stdout
+
+    apart = check_destination(octopus, key_file, *where, *keys, "--key-schema", "WEB_{{secretKey}}")
+    assert apart.returncode == 0, apart.stderr
+    assert "WARNING" not in apart.stdout
+
+
+def test_check_trims_a_key_file_as_the_operator_does(octopus: OctopusServer, tmp_path: Path) -> None:
+    """An editor's byte-order mark and a Windows line end: the operator's trim (Infisical's), so the key works."""
+    octopus.state.projects.add_project("Spaces-1", "Cli Bom")
+    key_file = key_file_for(tmp_path, octopus.state.issue_key(), bom=True)
+    result = check_destination(octopus, key_file, "--space", "Default", "--project", "Cli Bom")
+    assert result.returncode == 0, result.stderr
+    assert "OK: the key belongs to user" in result.stdout
+    assert "OK: project Cli Bom" in result.stdout
+
+
+def test_check_destination_options_go_together(tmp_path: Path) -> None:
+    key_file = key_file_for(tmp_path, "API-UNUSED0000000000000000")
+    base = ("check", "--instance-url", "https://x.example", "--api-key-file", key_file)
+    for args, expected in [
+        (("--project", "Web"), "--space and --project go together"),
+        (("--environment", "Production"), "need --space and --project"),
+        (
+            ("--space", "Default", "--project", "Web", "--key-schema", "{{environment}}_{{secretKey}}"),
+            "--source-environment",
+        ),
+    ]:
+        result = octoconn(*base, *args)
+        assert result.returncode == 2, args
+        assert expected in result.stderr

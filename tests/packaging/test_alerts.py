@@ -67,6 +67,8 @@ def test_every_alert_has_a_unit_test_that_makes_it_fire(rules: Path) -> None:
     }
     expected = {
         "OctoconnResourceNotReady",
+        "OctoconnSecretSyncNotReady",
+        "OctoconnSecretSyncFailing",
         "OctoconnApiKeyExpiringSoon",
         "OctoconnInfisicalIdentityRefused",
         "OctoconnRateLimited",

@@ -9,6 +9,7 @@ import re
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -16,8 +17,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from octoconn import metrics
+from octoconn.conditions import Outcome
 from octoconn.pacing import WritePacer
+from octoconn.runtime import SyncLifecycle
 from octoconn.settings import Settings
+from octoconn.sync import SyncReconciler, SyncResource
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "monitoring.md"
@@ -106,6 +110,129 @@ def test_a_key_without_a_known_expiry_drops_its_expiry_series() -> None:
     metrics.observe_resource("team-m", "rotated", ready="True", reason="Available", paused=False, key_expires_at=None)
     assert REGISTRY.get_sample_value("octoconn_api_key_expiry_timestamp_seconds", labels) is None
     metrics.forget_resource("team-m", "rotated")
+
+
+def sync(
+    name: str, ready: str | None, reason: str = "", *, paused: bool = False, last_synced_at: str | None = None
+) -> SyncResource:
+    """A sync in namespace team-s whose status says ``Ready=<ready>/<reason>`` (no Ready condition for None)."""
+    conditions = (
+        []
+        if ready is None
+        else [
+            {
+                "type": "Ready",
+                "status": ready,
+                "reason": reason,
+                "message": "m",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ]
+    )
+    status: dict[str, Any] = {"conditions": conditions}
+    if last_synced_at is not None:
+        status["lastSyncedAt"] = last_synced_at
+    return SyncResource.from_body(
+        {
+            "metadata": {
+                "namespace": "team-s",
+                "name": name,
+                "uid": f"u-{name}",
+                "generation": 1,
+                "annotations": {"octoconn.dev/paused": "true"} if paused else {},
+            },
+            "spec": {
+                "connectionRef": {"name": "octopus"},
+                "source": {"projectId": "p", "environment": "prod", "secretPath": "/"},
+                "destination": {"space": "Default", "project": "Web"},
+            },
+            "status": status,
+        }
+    )
+
+
+def sync_series(name: str) -> dict[str, float]:
+    """Every sample of the per-sync families for team-s/<name>, keyed by metric name (and reason for failing)."""
+    found: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("octoconn_secret_sync_"):
+            continue
+        for sample in family.samples:
+            if sample.labels.get("namespace") == "team-s" and sample.labels.get("name") == name:
+                reason = sample.labels.get("reason")
+                found[sample.name + (f"/{reason}" if reason else "")] = sample.value
+    return found
+
+
+def test_sync_series_follow_its_status_and_go_when_it_is_forgotten() -> None:
+    synced_at = "2026-03-04T05:06:07Z"
+    when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC).timestamp()
+    failed = sync("web", "False", "SyncFailed", last_synced_at=synced_at)
+    metrics.observe_sync(failed, failed.status)
+    assert sync_series("web") == {
+        "octoconn_secret_sync_ready": 0,
+        "octoconn_secret_sync_paused": 0,
+        "octoconn_secret_sync_last_success_timestamp_seconds": when,
+        "octoconn_secret_sync_failing/SyncFailed": 1,
+    }
+    # Another reason replaces the old one: one failing series per sync, never a stale reason left behind.
+    denied = sync("web", "False", "MissingPermission", last_synced_at=synced_at)
+    metrics.observe_sync(denied, denied.status)
+    assert sync_series("web")["octoconn_secret_sync_failing/MissingPermission"] == 1
+    assert "octoconn_secret_sync_failing/SyncFailed" not in sync_series("web")
+
+    fixed = sync("web", "True", "Available", last_synced_at="2026-03-04T06:00:00Z")
+    metrics.observe_sync(fixed, fixed.status)
+    assert sync_series("web") == {
+        "octoconn_secret_sync_ready": 1,
+        "octoconn_secret_sync_paused": 0,
+        "octoconn_secret_sync_last_success_timestamp_seconds": when + 3233,
+    }
+
+    metrics.forget_sync("team-s", "web")
+    metrics.forget_sync("team-s", "never-seen")  # a no-op, not an error
+    assert sync_series("web") == {}
+
+
+@pytest.mark.parametrize(
+    ("res", "deleting", "expected"),
+    [
+        # Paused: not Ready on purpose, and not failing.
+        (sync("held", "False", "ReconcilePaused", paused=True), False, {"ready": 0, "paused": 1}),
+        # Unknown (Infisical still syncing, a transient error): not Ready, not failing. No success yet: no time.
+        (sync("busy", "Unknown", "Syncing"), False, {"ready": 0, "paused": 0}),
+        (sync("new", None), False, {"ready": 0, "paused": 0}),
+        # A deletion that waits is not Ready; a removal in progress is no failure.
+        (sync("going", "True", "Available"), True, {"ready": 0, "paused": 0}),
+    ],
+    ids=["paused", "syncing", "no-status", "deleting"],
+)
+def test_sync_states_that_are_not_failures(res: SyncResource, deleting: bool, expected: dict[str, float]) -> None:
+    metrics.observe_sync(res, res.status, deleting=deleting)
+    try:
+        assert sync_series(res.name) == {f"octoconn_secret_sync_{k}": v for k, v in expected.items()}
+    finally:
+        metrics.forget_sync(res.namespace, res.name)
+
+
+def test_the_sync_lifecycle_hooks_move_the_sync_series() -> None:
+    """The hooks the shared loop calls: the stored status at start, each pass's, a blocked deletion, the end."""
+    kind = SyncLifecycle(reconciler=cast(SyncReconciler, None))  # the hooks never call the reconciler
+    stored = sync("hooked", "True", "Available", last_synced_at="2026-01-01T00:00:00Z")
+    kind.observe_status(stored)
+    assert sync_series("hooked")["octoconn_secret_sync_ready"] == 1
+
+    after = sync("hooked", "False", "SyncFailed").status
+    kind.observe(stored, Outcome(status=after), 0.5)
+    assert sync_series("hooked")["octoconn_secret_sync_failing/SyncFailed"] == 1
+    kind.observe(stored, None, 0.5)  # a pass that raised: what the stored status says
+    assert sync_series("hooked")["octoconn_secret_sync_ready"] == 1
+    assert "octoconn_secret_sync_failing/SyncFailed" not in sync_series("hooked")
+
+    kind.observe_blocked(stored)
+    assert sync_series("hooked")["octoconn_secret_sync_ready"] == 0
+    kind.forget_metrics(stored)
+    assert sync_series("hooked") == {}
 
 
 async def test_pacer_wait_is_observed_only_for_named_pacers() -> None:
