@@ -84,6 +84,7 @@ Behaviour → the test in tests/servers/test_infisical_server.py that checks it:
 | Fault: 500                               | test_fault_error |
 | Fault: latency                           | test_fault_latency |
 | Fault: dropped connection                | test_fault_drop |
+| Fault: every n-th request only           | test_fault_every_third_request |
 | Faults cleared                           | test_faults_clear |
 | Requests recorded, secrets redacted      | test_requests_are_recorded_with_secrets_redacted |
 | Outbound calls recorded, key redacted    | test_outbound_calls_are_recorded_with_the_key_redacted |
@@ -728,6 +729,8 @@ class _Fault:
     remaining: int | None  # None = until cleared
     path_prefix: str | None
     status: int = 500
+    every: int = 1  # hits only every n-th matching request (the fault tier's "a third of them")
+    seen: int = 0
 
 
 @dataclass
@@ -749,13 +752,16 @@ class Faults:
         self.writes_per_minute: int | None = None
         self._windows = {"read": _Window(), "write": _Window()}
 
-    def error(self, status: int = 500, times: int | None = 1, *, path_prefix: str | None = None) -> None:
-        """Answer the next ``times`` requests (None = until cleared) with ``status`` and Infisical's error body."""
-        self._add(_Fault("error", times, path_prefix, status))
+    def error(
+        self, status: int = 500, times: int | None = 1, *, path_prefix: str | None = None, every: int = 1
+    ) -> None:
+        """Answer the next ``times`` requests (None = until cleared) with ``status`` and Infisical's error body;
+        with ``every``, only each ``every``-th matching request, the others pass."""
+        self._add(_Fault("error", times, path_prefix, status, every=every))
 
-    def drop(self, times: int | None = 1, *, path_prefix: str | None = None) -> None:
-        """Close the next ``times`` connections without a response."""
-        self._add(_Fault("drop", times, path_prefix))
+    def drop(self, times: int | None = 1, *, path_prefix: str | None = None, every: int = 1) -> None:
+        """Close the next ``times`` connections without a response (with ``every``: each ``every``-th one)."""
+        self._add(_Fault("drop", times, path_prefix, every=every))
 
     def latency(self, seconds: float, *, path_prefix: str | None = None) -> None:
         """Delay every response by ``seconds`` until cleared."""
@@ -782,6 +788,8 @@ class Faults:
     def _add(self, fault: _Fault) -> None:
         if fault.remaining is not None and fault.remaining < 1:
             raise ValueError("times must be at least 1, or None for 'until cleared'")
+        if fault.every < 1:
+            raise ValueError("every must be at least 1")
         with self._lock:
             self._queue.append(fault)
 
@@ -791,6 +799,9 @@ class Faults:
             delay = self._latency if prefix is None or path.startswith(prefix) else 0.0
             for fault in self._queue:
                 if fault.path_prefix is not None and not path.startswith(fault.path_prefix):
+                    continue
+                fault.seen += 1
+                if fault.seen % fault.every:
                     continue
                 if fault.remaining is not None:
                     fault.remaining -= 1
