@@ -578,9 +578,10 @@ class ControlPlane(ClusterAccess):
             with _live_lock:
                 _live.discard(self)
 
-    def restart(self, component: str, *, kill: bool = False) -> float:
-        """Stop ``etcd`` or ``kube-apiserver`` (SIGKILL when ``kill``, else SIGTERM) and start it again on the same
-        port and data; return the seconds it was away. For the fault tier: clients see the same URL come back."""
+    def restart(self, component: str, *, kill: bool = False, down_for: float = 0.0) -> float:
+        """Stop ``etcd`` or ``kube-apiserver`` (SIGKILL when ``kill``, else SIGTERM), keep it down ``down_for``
+        seconds, and start it again on the same port and data; return the seconds it was away. For the fault tier:
+        clients see the same URL come back."""
         proc = {"etcd": self.etcd, "kube-apiserver": self.apiserver}[component]
         if proc is None or proc.popen is None:
             raise ControlPlaneError(f"{component} is not running")
@@ -589,6 +590,7 @@ class ControlPlane(ClusterAccess):
             _Process._signal_group(proc.popen, signal.SIGKILL)
             proc.popen.wait()
         proc.stop()
+        time.sleep(down_for)
         proc.start()
         if component == "etcd":
             probe: Callable[[httpx.Client], bool] = functools.partial(_etcd_healthy, url=self.etcd_url)

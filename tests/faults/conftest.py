@@ -10,6 +10,7 @@ defaults (docs/reliability.md lists which).
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,7 +109,8 @@ def _heal(request: pytest.FixtureRequest) -> Iterator[None]:
 def kube(rig: Rig, request: pytest.FixtureRequest) -> Iterator[Kube]:
     """Admin access to a namespace of this test's own, straight to the API server (never through the proxy)."""
     api = rig.plane.kubernetes_api_client()
-    name = f"f-{request.node.name.removeprefix('test_')[:40].replace('_', '-').strip('-')}-{secrets.token_hex(3)}"
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40].strip("-")
+    name = f"f-{stem}-{secrets.token_hex(3)}"
     client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:
         yield Kube(api, name)
