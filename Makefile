@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-unit test-cluster lint fmt crds cluster demo image bench bench-paced clean
+.PHONY: help setup test test-unit test-cluster test-faults lint fmt crds cluster demo image bench bench-paced clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -12,14 +12,17 @@ help: ## list the targets
 setup: ## install Debian packages, uv, Python deps and the Go-built test binaries (idempotent)
 	@bash hack/setup.sh
 
-test: setup ## run every test tier (unit, contract, test servers, cluster, packaging)
+test: setup ## run every test tier (unit, contract, test servers, cluster, faults, packaging)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: ## fast tiers only: no control plane
-	$(UV) run --frozen pytest -m "not cluster" $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -m "not cluster and not faults" $(PYTEST_ARGS)
 
 test-cluster: setup ## the cluster tier only (real kube-apiserver + etcd)
 	$(UV) run --frozen pytest -m cluster $(PYTEST_ARGS)
+
+test-faults: setup ## the fault tier only: API server restarts, a hanging Infisical, SIGKILLs (docs/reliability.md)
+	$(UV) run --frozen pytest -m faults $(PYTEST_ARGS)
 
 lint: ## ruff, formatting, mypy --strict and the import contract (.importlinter)
 	$(UV) run --frozen ruff check .

@@ -50,6 +50,8 @@ _VERIFY_SHARE_SECONDS = 10.0
 _SECRET_SHARE_SECONDS = 2.0
 # How long a new resource's first pass waits for Kopf's first patch (finalizer and create marker) to show.
 _FIRST_PATCH_WAIT_SECONDS = 30.0
+# Routine periodic checks may hold one slot in this many (OCTOCONN_MAX_WORKERS // 4, at least one).
+ROUTINE_SHARE = 4
 
 EventSink = Callable[[Event], None]
 Log = logging.Logger | logging.LoggerAdapter[Any]
@@ -401,6 +403,9 @@ class Runtime:
     sync_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     # Bounds how many resources reconcile at once (OCTOCONN_MAX_WORKERS); created lazily inside the event loop.
     _slots: asyncio.Semaphore | None = None
+    # Routine periodic checks hold at most this share of the slots (created with them): when many fall due at once
+    # and wait for the Infisical read pace, the other slots stay free for new, changed and requested work.
+    _routine: asyncio.Semaphore | None = None
     _metrics_server: Any = None  # aiohttp's AppRunner, while /metrics is served
 
     @classmethod
@@ -601,6 +606,7 @@ class Runtime:
             return await self._await_first_patch(key, body_reader, stopping)
 
         failures = 0
+        routine = False  # a periodic check with nothing changed: it waits behind new, changed and requested work
         # What status says until the first check: after a restart, a settled resource may wait minutes for it.
         kind.observe_status(first)
         try:
@@ -610,29 +616,54 @@ class Runtime:
                 # delay real changes (rotations, edits) for minutes. Any change still wakes it at once.
                 initial = random.uniform(0, kind.interval or self.settings.resync_interval_seconds)  # noqa: S311
                 logger.debug("unchanged since the last check; first check in %.0fs unless woken", initial)
-                woken = asyncio.ensure_future(kick.wait())
-                await asyncio.wait({woken, stopping}, timeout=initial, return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
+                routine = not await _sleep(kick, stopping, initial)
             while not stopping.done():
-                kick.clear()
-                body = body_reader()
-                fingerprint = _fingerprint(body)
-                # A new reconcile-requested-at value is a re-check the user asked for.
-                fresh = fingerprint[-1] != self._seen[key][-1]
-                self._seen[key] = fingerprint
-                res = kind.parse(self.statuses.view(body, plural=kind.plural))
-                outcome = await self._guarded(kind, res, emit, logger, fresh=fresh, first_patch=first_patch)
+                lane = await self._routine_turn(kick, stopping) if routine else None
+                try:
+                    kick.clear()
+                    body = body_reader()
+                    fingerprint = _fingerprint(body)
+                    # A new reconcile-requested-at value is a re-check the user asked for.
+                    fresh = fingerprint[-1] != self._seen[key][-1]
+                    self._seen[key] = fingerprint
+                    res = kind.parse(self.statuses.view(body, plural=kind.plural))
+                    outcome = await self._guarded(kind, res, emit, logger, fresh=fresh, first_patch=first_patch)
+                finally:
+                    if lane is not None:
+                        lane.release()
                 delay = self._next_delay(outcome, failures + 1, kind.interval)
                 failures = failures + 1 if outcome is None or outcome.error is not None else 0
                 logger.debug("next reconcile in %.0fs unless woken", delay)
-                woken = asyncio.ensure_future(kick.wait())
-                await asyncio.wait({woken, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
+                woken = await _sleep(kick, stopping, delay)
+                routine = not woken and failures == 0 and outcome is not None and outcome.requeue_after is None
         finally:
             stopping.cancel()
             self.kicks.pop(key, None)
             self._seen.pop(key, None)
             kind.forget_metrics(first)  # deleted, or no longer ours: a deletion still blocked reports itself
+
+    async def _routine_turn(self, kick: asyncio.Event, stopping: asyncio.Future[Any]) -> asyncio.Semaphore | None:
+        """Wait for a routine check's share of the worker slots and return it (to release after the pass).
+
+        None when the resource is woken first (a change, a requested re-check): its pass is no longer routine and
+        goes ahead at once, with the body read after the wake-up."""
+        if self._routine is None:
+            self._routine = asyncio.Semaphore(max(1, self.settings.max_workers // ROUTINE_SHARE))
+        lane = self._routine
+        turn = asyncio.ensure_future(lane.acquire())
+        woken = asyncio.ensure_future(kick.wait())
+        try:
+            await asyncio.wait({turn, woken, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not turn.done():
+                turn.cancel()  # Semaphore.acquire gives back a slot granted in the same instant
+        if not turn.done() or turn.cancelled():
+            return None
+        if kick.is_set() or stopping.done():
+            lane.release()
+            return None
+        return lane
 
     async def _await_first_patch(
         self, key: tuple[str, str, str], body_reader: Callable[[], dict[str, Any]], stopping: asyncio.Future[Any]
@@ -699,6 +730,14 @@ class Runtime:
         await self.octopus.aclose()
         await self.stores.aclose()
         await self.kube.aclose()
+
+
+async def _sleep(kick: asyncio.Event, stopping: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait ``seconds`` unless the loop is woken or stopped first; True when woken (something changed)."""
+    woken = asyncio.ensure_future(kick.wait())
+    await asyncio.wait({woken, stopping}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    woken.cancel()
+    return kick.is_set()
 
 
 def needs_write(before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus, now: float) -> bool:

@@ -238,6 +238,26 @@ def ensure_binaries() -> Binaries:
     return paths
 
 
+TOXIPROXY_VERSION = "v2.5.0"
+
+
+def toxiproxy_path(root: Path | None = None) -> Path:
+    return (root or cache_dir()) / "bin" / f"toxiproxy-{TOXIPROXY_VERSION}" / "toxiproxy-server"
+
+
+def ensure_toxiproxy() -> Path:
+    """Build Toxiproxy's server (the fault tier's network faults, driven over its HTTP API) if it is missing."""
+    out = toxiproxy_path()
+    if out.exists():
+        return out
+    if shutil.which("go") is None:
+        raise RuntimeError("the Go toolchain is required to build toxiproxy (go not found on PATH)")
+    module = "github.com/Shopify/toxiproxy/v2"
+    stamp = f"-s -w -X {module}.Version={TOXIPROXY_VERSION.lstrip('v')}"
+    _build_plain("toxiproxy", module, TOXIPROXY_VERSION, f"{module}/cmd/server", out, lambda _: stamp)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print-dir", action="store_true", help="print the folder holding kubectl and helm")

@@ -524,6 +524,7 @@ class ControlPlane(ClusterAccess):
         self.startup_seconds: float | None = None
         self.audit_log: Path | None = None
         self.etcd: _Process | None = None
+        self.etcd_url = ""
         self.apiserver: _Process | None = None
         self._lock_fd: int | None = None
         self._stop_lock = threading.RLock()  # stop() may re-enter from a signal handler
@@ -548,7 +549,7 @@ class ControlPlane(ClusterAccess):
             self.ca_file = str(pki["ca.crt"])
             self.admin_cert_file = str(pki["admin.crt"])
             self.admin_key_file = str(pki["admin.key"])
-            etcd_url = self._start_etcd(workdir)
+            etcd_url = self.etcd_url = self._start_etcd(workdir)
             self._start_apiserver(workdir, pki, etcd_url)
             self.kubeconfig = self._write_admin_kubeconfig(workdir / "kubeconfig")
         except BaseException:
@@ -576,6 +577,34 @@ class ControlPlane(ClusterAccess):
                 shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
             with _live_lock:
                 _live.discard(self)
+
+    def restart(self, component: str, *, kill: bool = False, down_for: float = 0.0) -> float:
+        """Stop ``etcd`` or ``kube-apiserver`` (SIGKILL when ``kill``, else SIGTERM), keep it down ``down_for``
+        seconds, and start it again on the same port and data; return the seconds it was away. For the fault tier:
+        clients see the same URL come back."""
+        proc = {"etcd": self.etcd, "kube-apiserver": self.apiserver}[component]
+        if proc is None or proc.popen is None:
+            raise ControlPlaneError(f"{component} is not running")
+        started = time.monotonic()
+        if kill:
+            _Process._signal_group(proc.popen, signal.SIGKILL)
+            proc.popen.wait()
+        proc.stop()
+        time.sleep(down_for)
+        proc.start()
+        if component == "etcd":
+            probe: Callable[[httpx.Client], bool] = functools.partial(_etcd_healthy, url=self.etcd_url)
+            verify = None
+        else:
+            probe = lambda c: _apiserver_ready(c, self.url)  # noqa: E731
+            assert self.ca_file
+            assert self.admin_cert_file
+            assert self.admin_key_file
+            verify = ssl.create_default_context(cafile=self.ca_file)
+            verify.load_cert_chain(self.admin_cert_file, self.admin_key_file)
+        if not self._wait_ready(proc, probe, verify=verify):
+            raise ControlPlaneError(f"{component} exited after its restart:\n{proc.log_tail()}")
+        return time.monotonic() - started
 
     def __enter__(self) -> ControlPlane:
         return self.start()

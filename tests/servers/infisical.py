@@ -85,6 +85,7 @@ Behaviour → the test in tests/servers/test_infisical_server.py that checks it:
 | Fault: latency                           | test_fault_latency |
 | Fault: dropped connection                | test_fault_drop |
 | Fault: answer lost after the write       | test_fault_after_action_keeps_the_write |
+| Fault: every n-th request only           | test_fault_every_third_request |
 | Faults cleared                           | test_faults_clear |
 | Requests recorded, secrets redacted      | test_requests_are_recorded_with_secrets_redacted |
 | Outbound calls recorded, key redacted    | test_outbound_calls_are_recorded_with_the_key_redacted |
@@ -731,6 +732,8 @@ class _Fault:
     status: int = 500
     after_action: bool = False  # the request is carried out first; only its answer is lost or replaced
     method: str | None = None  # only requests of this method
+    every: int = 1  # hits only every n-th matching request (the fault tier's "a third of them")
+    seen: int = 0
 
 
 @dataclass
@@ -760,10 +763,12 @@ class Faults:
         path_prefix: str | None = None,
         after_action: bool = False,
         method: str | None = None,
+        every: int = 1,
     ) -> None:
         """Answer the next ``times`` requests (None = until cleared) with ``status`` and Infisical's error body.
-        ``after_action``: carry the request out first, as a server that fails while answering does."""
-        self._add(_Fault("error", times, path_prefix, status, after_action, method))
+        ``after_action``: carry the request out first, as a server that fails while answering does; with ``every``,
+        only each ``every``-th matching request, the others pass."""
+        self._add(_Fault("error", times, path_prefix, status, after_action, method, every=every))
 
     def drop(
         self,
@@ -772,9 +777,11 @@ class Faults:
         path_prefix: str | None = None,
         after_action: bool = False,
         method: str | None = None,
+        every: int = 1,
     ) -> None:
-        """Close the next ``times`` connections without a response (``after_action``: once the request is done)."""
-        self._add(_Fault("drop", times, path_prefix, after_action=after_action, method=method))
+        """Close the next ``times`` connections without a response (``after_action``: once the request is done;
+        with ``every``: each ``every``-th one)."""
+        self._add(_Fault("drop", times, path_prefix, after_action=after_action, method=method, every=every))
 
     def latency(self, seconds: float, *, path_prefix: str | None = None) -> None:
         """Delay every response by ``seconds`` until cleared."""
@@ -801,6 +808,8 @@ class Faults:
     def _add(self, fault: _Fault) -> None:
         if fault.remaining is not None and fault.remaining < 1:
             raise ValueError("times must be at least 1, or None for 'until cleared'")
+        if fault.every < 1:
+            raise ValueError("every must be at least 1")
         with self._lock:
             self._queue.append(fault)
 
@@ -812,6 +821,9 @@ class Faults:
                 if fault.path_prefix is not None and not path.startswith(fault.path_prefix):
                     continue
                 if fault.method is not None and fault.method != method:
+                    continue
+                fault.seen += 1
+                if fault.seen % fault.every:
                     continue
                 if fault.remaining is not None:
                     fault.remaining -= 1

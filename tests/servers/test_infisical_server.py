@@ -1249,6 +1249,11 @@ def test_fault_after_action_keeps_the_write(
     assert [r.fault for r in infisical.state.requests[-2:]] == ["drop", "error"]
 
 
+def test_fault_every_third_request(infisical: InfisicalServer, api: httpx.Client) -> None:
+    infisical.state.faults.error(500, times=None, every=3)
+    assert [api.get(BASE).status_code for _ in range(7)] == [200, 200, 500, 200, 200, 500, 200]
+
+
 def test_faults_clear(infisical: InfisicalServer, api: httpx.Client) -> None:
     faults = infisical.state.faults
     faults.error(500, times=None)

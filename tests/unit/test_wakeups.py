@@ -147,3 +147,69 @@ async def test_a_sync_wakes_on_its_spec_or_an_annotation_but_not_on_its_status_o
     finally:
         stop.set()
         await asyncio.gather(*loops)
+
+
+@dataclass
+class Held(Passes):
+    """Routine checks (a resource's later passes that nobody asked for) wait at ``gate``, as they would for the
+    Infisical read pace; first passes and requested ones do not."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    passes: dict[str, int] = field(default_factory=dict)
+    inside: set[str] = field(default_factory=set)
+
+    async def reconcile(self, res: Mapping[str, Any], *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
+        name = res["metadata"]["name"]
+        self.passes[name] = self.passes.get(name, 0) + 1
+        self.inside.add(name)
+        try:
+            if self.passes[name] > 1 and not fresh:
+                await self.gate.wait()
+            return await super().reconcile(res, fresh=fresh, first_patch=first_patch)
+        finally:
+            self.inside.discard(name)
+
+
+def named(name: str, annotations: dict[str, str] | None = None) -> Any:
+    meta = {"namespace": "ns", "name": name, "uid": name, "generation": 1, "annotations": annotations or {}}
+    return {"metadata": meta, "status": {}}
+
+
+async def until(predicate: Any, seconds: float = 2.0) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_routine_checks_leave_slots_for_new_resources_and_requested_checks() -> None:
+    rt = runtime(StatusLog())
+    rt.settings.resync_interval_seconds = 0.02  # type: ignore[misc] - periodic checks fall due at once
+    kind = Held(PLURAL)
+    current = {f"old-{i}": named(f"old-{i}") for i in range(8)}
+    stop = asyncio.Event()
+    log = logging.getLogger("tests.wakeups")
+
+    def start(name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(rt.loop(kind, lambda: current[name], lambda _: None, log, stop.wait))
+
+    loops = [start(name) for name in current]
+    try:
+        assert await until(lambda: len(kind.bodies) == 8)  # every first pass
+        await asyncio.sleep(0.1)  # the periodic checks fall due and queue for the gate
+
+        current["new"] = named("new")
+        loops.append(start("new"))
+        assert await until(lambda: kind.passes.get("new") == 1 and "new" not in kind.inside)
+        # Routine checks hold at most a quarter of the 4 slots: one at the gate, the others queued for it.
+        assert len(kind.inside) == 1
+
+        waiting = next(name for name in current if name.startswith("old") and name not in kind.inside)
+        current[waiting] = named(waiting, {"octoconn.dev/reconcile-requested-at": "now"})
+        rt.observe(current[waiting])
+        assert await until(lambda: kind.bodies[-1]["metadata"]["name"] == waiting)
+    finally:
+        kind.gate.set()
+        stop.set()
+        await asyncio.gather(*loops)
