@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import cProfile
+import importlib.util
 import json
 import os
 import signal
@@ -30,6 +32,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+
+if importlib.util.find_spec("sniffio") is None:
+    # As the operator does (octoconn/httputil.py): httpcore imports sniffio for every lock it makes, and a missing
+    # module is searched for along sys.path on each try. The floor must not pay for what the operator avoids.
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 GROUP, VERSION, PLURAL = "octoconn.dev", "v1alpha1", "octopusdeployconnections"
 FINALIZER = f"{GROUP}/finalizer"
@@ -288,7 +295,15 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=20)
     args = parser.parse_args()
     args.client_secret = os.environ["FLOOR_CLIENT_SECRET"]  # not on the command line, where ps shows it
-    asyncio.run(run(args))
+    profile = os.environ.get("FLOOR_PROFILE")
+    if not profile:
+        asyncio.run(run(args))
+        return 0
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(asyncio.run, run(args))
+    finally:
+        profiler.dump_stats(profile)
     return 0
 
 
