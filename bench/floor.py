@@ -26,7 +26,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -216,25 +216,34 @@ class Floor:
 async def watch(
     kube: httpx.AsyncClient, path: str, on_event: Callable[[str, dict[str, Any]], None], stop: asyncio.Event
 ) -> None:
-    """List, then watch from the list's resourceVersion; a watch that ends is resumed (bounded by the stop event)."""
-    listing = (await kube.get(path)).raise_for_status().json()
-    for item in listing["items"]:
-        on_event("ADDED", item)
-    version = listing["metadata"]["resourceVersion"]
+    """List, then watch from the list's resourceVersion. A watch that times out is resumed from the last version;
+    one that answers an ERROR event (410 Gone once etcd compacted that version) starts again from a fresh list."""
     while not stop.is_set():
-        async for event in _lines(kube, path, version):
-            version = event["object"]["metadata"].get("resourceVersion", version)
-            if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                on_event(event["type"], event["object"])
+        listing = (await kube.get(path)).raise_for_status().json()
+        for item in listing["items"]:
+            on_event("ADDED", item)
+        version: str | None = listing["metadata"]["resourceVersion"]
+        while version is not None and not stop.is_set():
+            version = await _follow(kube, path, version, on_event)
 
 
-async def _lines(kube: httpx.AsyncClient, path: str, version: str) -> AsyncIterator[dict[str, Any]]:
-    params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": "300", "allowWatchBookmarks": "false"}
+async def _follow(
+    kube: httpx.AsyncClient, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None]
+) -> str | None:
+    """One watch request; the version to resume from, or None when the list must be read again."""
+    params = {"watch": "true", "resourceVersion": version, "timeoutSeconds": "300"}
     async with kube.stream("GET", path, params=params, timeout=httpx.Timeout(10, read=330)) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if line:
-                yield json.loads(line)
+            if not line:
+                continue
+            event = json.loads(line)
+            if event["type"] == "ERROR":
+                return None
+            version = event["object"]["metadata"].get("resourceVersion", version)
+            if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                on_event(event["type"], event["object"])
+    return version
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -270,17 +279,7 @@ async def watch_secrets_first(floor: Floor, stop: asyncio.Event) -> asyncio.Futu
     listing = (await floor.kube.get(path)).raise_for_status().json()
     for item in listing["items"]:
         floor.on_secret("ADDED", item)
-    version = listing["metadata"]["resourceVersion"]
-
-    async def follow() -> None:
-        nonlocal version
-        while not stop.is_set():
-            async for event in _lines(floor.kube, path, version):
-                version = event["object"]["metadata"].get("resourceVersion", version)
-                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                    floor.on_secret(event["type"], event["object"])
-
-    return asyncio.ensure_future(follow())
+    return asyncio.ensure_future(watch(floor.kube, path, floor.on_secret, stop))
 
 
 def main() -> int:

@@ -441,6 +441,8 @@ class Run:
     to_rotate: float = float("nan")
     rotated: Phase | None = None
     rss: float = float("nan")
+    writes: dict[str, str] = field(default_factory=dict)  # phase -> what was written to the API server
+    calls: dict[str, str] = field(default_factory=dict)  # phase -> the requests Infisical and Octopus answered
 
 
 def floor_run(bench: Bench, operator: OperatorProcess) -> Run:
@@ -456,16 +458,20 @@ def floor_run(bench: Bench, operator: OperatorProcess) -> Run:
     watcher = Watcher(bench.custom, SCALE_FLOOR_NAMESPACE).start()
     try:
         print(f"the floor: creating {n} OctopusDeployConnections sharing one Secret (load {loadavg()})", flush=True)
-        meter = bench.meter(operator)
+        meter, mark, seen = bench.meter(operator), len(bench.cluster.audit_writes()), remote_marks(bench)
         names, to_ready = create_many(bench, watcher, "floor")
         bench.figure(f"floor: all {n} Ready after creation", f"{to_ready:.1f} s")
         run = Run("floor", to_ready, bench.phase(meter, "floor creation"))
+        run.writes["creation"] = write_mix(bench, mark, SCALE_FLOOR_NAMESPACE)
+        run.calls["creation"] = call_mix(bench, seen, "python-httpx/")
         run.rss = rss_mib(bench.floor.popen.pid)
         print(f"the floor: rotating the shared Secret (load {loadavg()})", flush=True)
-        meter = bench.meter(operator)
+        meter, mark, seen = bench.meter(operator), len(bench.cluster.audit_writes()), remote_marks(bench)
         run.to_rotate = rotate_all(bench, watcher, names)
         bench.figure(f"floor: one rotation reaches all {n}", f"{run.to_rotate:.1f} s")
         run.rotated = bench.phase(meter, "floor rotation")
+        run.writes["rotation"] = write_mix(bench, mark, SCALE_FLOOR_NAMESPACE)
+        run.calls["rotation"] = call_mix(bench, seen, "python-httpx/")
         return run
     finally:
         watcher.stop()
@@ -486,6 +492,33 @@ def latency(bench: Bench, watcher: Watcher) -> None:
     bench.figure("one resource apply -> Ready, p50", f"{p50:.3f} s", "<= 0.100 s")
     bench.figure("floor (same calls made directly), p50", f"{floor50:.3f} s")
     bench.figure("operator latency / floor", f"{p50 / floor50:.2f} x", "<= 1.5 x")
+
+
+def write_mix(bench: Bench, since: int, namespace: str) -> str:
+    """What the API server wrote for one side in one phase, beyond the benchmark's own creates and Secrets."""
+    counts: dict[str, int] = {}
+    for e in bench.operator_writes(since, namespace=namespace):
+        ref = e["objectRef"]
+        key = f"{e['verb']} {ref.get('resource')}{'/' + ref['subresource'] if ref.get('subresource') else ''}"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def remote_marks(bench: Bench) -> tuple[int, int]:
+    return len(bench.infisical.requests()), len(bench.octopus.requests())
+
+
+def call_mix(bench: Bench, marks: tuple[int, int], agent: str) -> str:
+    """The requests one side made to the two test servers since the marks, by server, method and route."""
+    counts: dict[str, int] = {}
+    for server, mark in zip(("infisical", "octopus"), marks, strict=True):
+        process = bench.infisical if server == "infisical" else bench.octopus
+        for r in process.requests()[mark:]:
+            if r.user_agent.startswith(agent):
+                route = "/".join("{id}" if len(part) >= 32 else part for part in r.path.split("/")[-2:])
+                key = f"{server} {r.method} .../{route}"
+                counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def ratio(a: float, b: float) -> str:
@@ -521,6 +554,14 @@ def compare(bench: Bench, op: Run, floor: Run | None) -> None:
             f"{phase} of {n}, wall: operator / floor",
             f"{wall_op:.1f} / {wall_floor:.1f} s = {ratio(wall_op, wall_floor)}",
             f"<= 1.1 x, <= {wall_target} s for 1000",
+        )
+        bench.figure(
+            f"  ... Kubernetes writes during {phase}: operator / floor",
+            f"{op.writes.get(phase)} / {floor.writes.get(phase) if floor else ''}",
+        )
+        bench.figure(
+            f"  ... Infisical and Octopus requests during {phase}: operator / floor",
+            f"{op.calls.get(phase)} / {floor.calls.get(phase) if floor else ''}",
         )
         bench.figure(
             f"  ... two-core bound during {phase}: operator / floor",
@@ -573,12 +614,14 @@ def run(bench: Bench) -> None:
         floor = floor_run(bench, operator) if not args.paced and not args.no_floor and n > 1 else None
 
         before = len(bench.cluster.audit_writes())
-        requests_before = len(bench.infisical.requests())
+        requests_before, octopus_mark = remote_marks(bench)
         print(f"the operator: creating {n} OctopusDeployConnections sharing one Secret (load {loadavg()})", flush=True)
         meter = bench.meter(operator)
         names, to_ready = create_many(bench, watcher, "conn")
         bench.figure(f"all {n} Ready after creation", f"{to_ready:.1f} s ({n / to_ready:.0f}/s)", "<= 20 s for 1000")
         op = Run("operator", to_ready, bench.phase(meter, "operator creation"))
+        op.writes["creation"] = write_mix(bench, before, NAMESPACE)
+        op.calls["creation"] = call_mix(bench, (requests_before, octopus_mark), "octoconn/")
         op.rss = rss_mib(operator.popen.pid)
         bench.figure(f"operator RSS with {n} resources", f"{op.rss:.0f} MiB", "<= 100 MiB (issue 9: <= 200)")
         if bench.profile_dir is not None:
@@ -589,11 +632,14 @@ def run(bench: Bench) -> None:
             return
 
         print(f"the operator: rotating the shared Secret (load {loadavg()})", flush=True)
-        octopus_before = len(bench.octopus.requests())
+        mark, seen = len(bench.cluster.audit_writes()), remote_marks(bench)
+        octopus_before = seen[1]
         meter = bench.meter(operator)
         op.to_rotate = rotate_all(bench, watcher, names)
         bench.figure(f"one rotation reaches all {n}", f"{op.to_rotate:.1f} s", "<= 10 s for 1000")
         op.rotated = bench.phase(meter, "operator rotation")
+        op.writes["rotation"] = write_mix(bench, mark, NAMESPACE)
+        op.calls["rotation"] = call_mix(bench, seen, "octoconn/")
         checks = [
             r
             for r in bench.octopus.requests()[octopus_before:]
@@ -604,8 +650,9 @@ def run(bench: Bench) -> None:
         if bench.floor is not None:
             bench.floor.stop()
             bench.floor = None
-        operator = restart_quiet(bench, operator, watcher, names)
-        operator = restart_rotation(bench, operator, watcher)
+        if not args.no_restarts:
+            operator = restart_quiet(bench, operator, watcher, names)
+            operator = restart_rotation(bench, operator, watcher)
     finally:
         watcher.stop()
         operator.stop()
@@ -681,6 +728,7 @@ def main() -> int:
     )
     parser.add_argument("--operator-src", type=Path, help="run the operator package found here (e.g. an older one)")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor process's run of N")
+    parser.add_argument("--no-restarts", action="store_true", help="skip the two restart phases")
     parser.add_argument("--syncs", type=int, default=0, help="run the secret-sync scenario with this many syncs")
     args = parser.parse_args()
 
