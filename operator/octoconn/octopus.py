@@ -24,7 +24,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from octoconn import __version__, errors, metrics
-from octoconn.httputil import describe, json_object, scrub
+from octoconn.httputil import describe, json_object, lean_pool, scrub
 from octoconn.pacing import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -175,12 +175,14 @@ class OctopusClient:
             verify = ssl_context(ca_bundle)
         else:
             verify = True
-        self._http = httpx.AsyncClient(
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+        self._http = lean_pool(
+            httpx.AsyncClient(
+                timeout=timeout,
+                verify=verify,
+                transport=transport,
+                follow_redirects=False,
+                headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+            )
         )
 
     async def aclose(self) -> None:
