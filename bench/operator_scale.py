@@ -536,6 +536,8 @@ def compare(bench: Bench, op: Run, floor: Run | None) -> None:
         wall_op = op.to_ready if phase == "creation" else op.to_rotate
         if theirs is None:
             bench.figure(f"operator CPU per {done} resource", f"{mine:.1f} ms", f"<= {ms} ms")
+            bench.figure(f"  ... Kubernetes writes during {phase}", str(op.writes.get(phase)))
+            bench.figure(f"  ... Infisical and Octopus requests during {phase}", str(op.calls.get(phase)))
             continue
         wall_floor = floor.to_ready if phase == "creation" and floor else floor.to_rotate if floor else 0
         base = theirs.cpu["floor"] / n * 1000
