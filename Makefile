@@ -46,9 +46,10 @@ demo: setup ## the operator's main job end to end on a local control plane and t
 image: ## build the operator image with podman, no daemon or registry needed (IMAGE=..., PYTHON_IMAGE=...)
 	@bash hack/image.sh build
 
-bench: setup ## the scale benchmark at 1 and 1000 resources, each figure beside its target (bench/README.md)
+bench: setup ## the scale benchmark: 1 and 1000 resources beside the floor, 200 secret syncs (bench/README.md)
 	$(UV) run --frozen python bench/operator_scale.py --resources 1
 	$(UV) run --frozen python bench/operator_scale.py --resources 1000 --samples 0
+	$(UV) run --frozen python bench/operator_scale.py --syncs 200
 
 bench-paced: setup ## 500 creates with the default paces against Infisical Cloud's limits (takes about 5 minutes)
 	$(UV) run --frozen python bench/operator_scale.py --resources 500 --paced

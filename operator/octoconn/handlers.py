@@ -11,6 +11,11 @@ diff-base annotation is not written at all (``NoDiffBase``): there are no create
 
 Secrets are watched with an *event* handler only: Kopf create/update handlers on Secrets would copy the Secret
 (API key included) into an annotation on the user's Secret.
+
+Every event handler and index function is ``async def`` although none of them awaits: Kopf runs a plain ``def``
+handler in its thread pool (a thread hop, a copied context and a shielded future per handler and event), and these
+run on every watch event of every resource. On the loop they also call the runtime (asyncio events) from its own
+thread, as they must.
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ async def reconcile_loop(
 
 
 @kopf.on.event(*ODC, id="watch-connections")
-def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+async def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
     # Kopf adds the finalizer in this very cycle: the create marker rides in the same patch.
     if _new(body):
         res = Resource.from_body(body)
@@ -108,14 +113,14 @@ def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo
 
 
 @kopf.index(*ODC, id="by_secret")
-def by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str]:
+async def by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str]:
     refs = {spec.get("apiKeySecretRef", {}).get("name")}
     refs.add(((spec.get("infisical") or {}).get("credentialsSecretRef") or {}).get("name"))
     return {(namespace, ref): name for ref in refs if ref}
 
 
 @kopf.index(*ODC, id="by_connection")
-def by_connection(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+async def by_connection(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
     connection_id = status.get("id")
     return {connection_id: f"{namespace}/{name}"} if connection_id else None
 
@@ -128,7 +133,7 @@ def _referenced(type: str | None, namespace: str | None, name: str, **kwargs: An
 # A filter, not an early return: Kopf logs every handler it invokes ("is invoked" at DEBUG, "succeeded" at INFO),
 # so a Secret that no resource references must not reach the handler at all to leave no trace in the log.
 @kopf.on.event("", "v1", "secrets", id="wake-on-secret", when=_referenced)
-def wake_on_secret(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def wake_on_secret(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     index: kopf.Index[tuple[str | None, str], str] = kwargs["by_secret"]
     memo.runtime.secret_changed(namespace or "", name)
     for odc in index.get((namespace, name), []):
@@ -152,7 +157,7 @@ async def sync_loop(
 
 
 @kopf.on.event(*ODSS, id="watch-syncs")
-def watch_syncs(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+async def watch_syncs(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
     # As for connections: the create marker rides in Kopf's finalizer patch of a new sync.
     if _new(body):
         res = SyncResource.from_body(body)
@@ -164,7 +169,7 @@ def watch_syncs(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None
 
 
 @kopf.index(*ODSS, id="syncs_by_connection")
-def syncs_by_connection(
+async def syncs_by_connection(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str | None, str], str]:
     ref = (spec.get("connectionRef") or {}).get("name")
@@ -172,7 +177,7 @@ def syncs_by_connection(
 
 
 @kopf.index(*ODSS, id="sync_destinations")
-def sync_destinations(
+async def sync_destinations(
     namespace: str | None, name: str, uid: str | None, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, PeerSync] | None:
     dest = status.get("destination") or {}
@@ -190,7 +195,7 @@ def sync_destinations(
 
 
 @kopf.index(*ODSS, id="syncs_by_id")
-def syncs_by_id(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
+async def syncs_by_id(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, str] | None:
     sync_id = status.get("id")
     return {sync_id: f"{namespace}/{name}"} if sync_id else None
 
@@ -201,7 +206,7 @@ def _used_by_a_sync(type: str | None, namespace: str | None, name: str, **kwargs
 
 
 @kopf.on.event(*ODC, id="wake-syncs", when=_used_by_a_sync)
-def wake_syncs(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def wake_syncs(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     index: kopf.Index[tuple[str | None, str], str] = kwargs["syncs_by_connection"]
     for sync in index.get((namespace, name), []):
         memo.runtime.kick(namespace or "", sync, plural=SYNC_PLURAL)

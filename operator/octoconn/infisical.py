@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from octoconn import __version__, errors, metrics
-from octoconn.httputil import describe, json_object, scrub
+from octoconn.httputil import describe, json_object, lean_pool, scrub
 from octoconn.pacing import WritePacer, parse_retry_after
 from octoconn.remote import AppConnection, SecretSync
 
@@ -120,12 +120,14 @@ class InfisicalClient:
         self._login_lock = asyncio.Lock()
         # No client-wide Content-Type: Infisical answers 500 to a body-less request that declares JSON; httpx adds
         # the header itself to requests that do carry a JSON body.
-        self._http = httpx.AsyncClient(
-            base_url=base,
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+        self._http = lean_pool(
+            httpx.AsyncClient(
+                base_url=base,
+                timeout=timeout,
+                transport=transport,
+                follow_redirects=False,
+                headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+            )
         )
 
     def __repr__(self) -> str:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 import kopf
 
-from octoconn import __version__, httputil  # noqa: F401 - httputil also makes httpx cheaper per request
+from octoconn import __version__, httputil
 from octoconn.apikeys import SecretData
 from octoconn.models import GROUP, PLURAL, VERSION
 
@@ -123,7 +123,7 @@ def _http_client(info: kopf.ConnectionInfo) -> httpx.AsyncClient:
     if info.token:
         headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
     auth = httpx.BasicAuth(info.username, info.password or "") if info.username else None
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         base_url=info.server.rstrip("/"),
         headers=headers,
         auth=auth,
@@ -131,6 +131,7 @@ def _http_client(info: kopf.ConnectionInfo) -> httpx.AsyncClient:
         timeout=_TIMEOUT,
         trust_env=info.trust_env,
     )
+    return httputil.lean_pool(client)
 
 
 def _describe(response: httpx.Response) -> str:

@@ -22,7 +22,7 @@ from urllib.parse import quote, urljoin
 import httpx
 
 from octoconn import __version__, errors, metrics
-from octoconn.httputil import describe, json_object, scrub
+from octoconn.httputil import describe, json_object, lean_pool, scrub
 from octoconn.pacing import parse_retry_after
 from octoconn.remote import (
     Named,
@@ -73,12 +73,14 @@ class OctopusClient:
             verify = ssl_context(ca_bundle)
         else:
             verify = True
-        self._http = httpx.AsyncClient(
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+        self._http = lean_pool(
+            httpx.AsyncClient(
+                timeout=timeout,
+                verify=verify,
+                transport=transport,
+                follow_redirects=False,
+                headers={"Accept": "application/json", "User-Agent": f"octoconn/{__version__}"},
+            )
         )
 
     async def aclose(self) -> None:

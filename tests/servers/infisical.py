@@ -1371,6 +1371,7 @@ class InfisicalServer(ThreadedServer):
         self.secret_api = SecretApi(self)
         self.secret_syncs = SecretSyncApi(self)
         self._extra_routes: tuple[_Route, ...] = (*SecretApi.routes(), *SecretSyncApi.routes())
+        self._validation_tls: tuple[str | None, ssl.SSLContext] | None = None
 
     @property
     def url(self) -> str:
@@ -1829,7 +1830,7 @@ class InfisicalServer(ThreadedServer):
         if scheme not in {"http", "https"}:
             return _Outcome(None, f"Unsupported protocol {scheme}:", retryable=False)
         timeout = self.state.validation_timeout
-        context = _tls_context(ca_pem=self.state.octopus_ca_pem)
+        context = self._validation_context()
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
@@ -1857,6 +1858,13 @@ class InfisicalServer(ThreadedServer):
         if 200 <= status < 300:
             return _Outcome(status, None, retryable=False)
         return _Outcome(status, f"Request failed with status code {status}", retryable=status == 429 or status >= 500)
+
+    def _validation_context(self) -> ssl.SSLContext:
+        # Building a context reads the system CAs (about 23 ms, nearly all of a create's CPU): once per CA setting.
+        ca_pem = self.state.octopus_ca_pem
+        if self._validation_tls is None or self._validation_tls[0] != ca_pem:
+            self._validation_tls = (ca_pem, _tls_context(ca_pem=ca_pem))
+        return self._validation_tls[1]
 
     async def _block_local_and_private_ip_addresses(self, url: str) -> None:
         parts = urlsplit(url)
