@@ -281,10 +281,8 @@ def osv_scanner_path(root: Path | None = None) -> Path:
 
 def _build_osv_scanner(out: Path) -> None:
     module = "github.com/google/osv-scanner/v2"
-    flags = f"-s -w -X github.com/google/osv-scanner/v2/internal/version.OSVVersion={OSV_SCANNER_VERSION[1:]}"
-    _build_plain(
-        "osv-scanner", module, OSV_SCANNER_VERSION, f"{module}/cmd/osv-scanner", out, lambda _: flags, env=GO127
-    )
+    package = f"{module}/cmd/osv-scanner"
+    _build_plain("osv-scanner", module, OSV_SCANNER_VERSION, package, out, lambda _: "-s -w", env=GO127)
 
 
 @dataclass(frozen=True)
