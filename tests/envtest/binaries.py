@@ -42,6 +42,9 @@ PROMTOOL_VERSION = "v0.316.0"
 # promtool imports it directly. The tag is part of the cache path, as the binary differs.
 PROMTOOL_TAGS = "remove_all_sd"
 OSV_SCANNER_VERSION = "v2.6.0"
+# The ServiceMonitor and PrometheusRule CRDs the chart's monitoring objects are dry-run against: prometheus-operator's
+# own, from its Go module (example/prometheus-operator-crd/).
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 
 
 def cache_dir() -> Path:
@@ -317,6 +320,20 @@ TOOLS: tuple[Tool, ...] = (
     Tool("kstatus", kstatus_path, lambda out: _build(KSTATUS_SOURCE, ".", out, "-s -w"), 60),
     Tool("osv-scanner", osv_scanner_path, _build_osv_scanner, 150),
 )
+
+
+def monitoring_crds() -> list[Path]:
+    """prometheus-operator's ServiceMonitor and PrometheusRule CRDs, from the module cache (downloaded if missing)."""
+    if shutil.which("go") is None:
+        raise RuntimeError("the Go toolchain is required to fetch prometheus-operator's CRDs (go not found on PATH)")
+    module = f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
+    work = cache_dir() / "src"
+    work.mkdir(parents=True, exist_ok=True)
+    info = json.loads(_run(["go", "mod", "download", "-json", module], work))
+    if info.get("Error"):
+        raise RuntimeError(f"cannot download {module}: {info['Error']}")
+    folder = Path(info["Dir"]) / "example" / "prometheus-operator-crd"
+    return [folder / f"monitoring.coreos.com_{plural}.yaml" for plural in ("servicemonitors", "prometheusrules")]
 
 
 def _build_etcd(out: Path) -> None:
