@@ -74,6 +74,7 @@ if [ "$rc" -gt 1 ]; then
     [ "$offline_only" = 1 ] || sed 's/^/  /' "$tmp/err" >&2
     fail "the online database could not be used and OCTOCONN_ADVISORY_DB is not set (docs/install.md, Audit)"
   fi
+  [ "$offline_only" = 1 ] || echo "audit: OSV's online database could not be used (osv-scanner exit $rc); offline instead"
   zip="$OCTOCONN_ADVISORY_DB/osv-scalibr/PyPI/all.zip"
   [ -f "$zip" ] || fail "OCTOCONN_ADVISORY_DB=$OCTOCONN_ADVISORY_DB has no osv-scalibr/PyPI/all.zip"
   OSV_SCANNER_LOCAL_DB_CACHE_DIRECTORY="$OCTOCONN_ADVISORY_DB" scan --offline --format table; rc=$?
