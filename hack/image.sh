@@ -38,7 +38,7 @@ build_base() {
     sources=(/etc/apt/sources.list.d/debian.sources)
   fi
   tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   SECONDS=0
   mmdebstrap --quiet --variant=essential --format=tar \
     --include=python3,python3-pip,ca-certificates,passwd \
