@@ -3,7 +3,7 @@ then judged by Argo CD's Lua VM (deploy/argocd/secret-sync-health.lua) and by ks
 
 Connections in the other states are saved by tests/cluster/test_argocd_health.py; both runs write to a temporary
 folder, and with OCTOCONN_UPDATE_ARGOCD_TESTDATA=1 replace the saved copies in the repository
-(tests/argocd/sync/ and tests/kstatus/testdata/), which the non-cluster tier checks again
+(tests/argocd/sync/ and tests/argocd/connection-deleting/), which the non-cluster tier checks again
 (tests/packaging/test_argocd_health.py, tests/packaging/test_kstatus.py).
 """
 
@@ -31,7 +31,8 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "argocd" / "secret-sync-health.lua"
 SYNC_TESTDATA = ROOT / "tests" / "argocd" / "sync"
-OTHER_TESTDATA = ROOT / "tests" / "kstatus" / "testdata"
+CONNECTION_SCRIPT = ROOT / "deploy" / "argocd" / "health.lua"
+DELETING_TESTDATA = ROOT / "tests" / "argocd" / "connection-deleting"
 GROUP_KIND = "octoconn.dev/OctopusDeploySecretSync"
 
 NO_STATUS = "Waiting for the operator to reconcile this secret sync."
@@ -81,7 +82,7 @@ def test_every_state_as_argo_cd_and_flux_show_it(
 ) -> None:
     update = os.environ.get("OCTOCONN_UPDATE_ARGOCD_TESTDATA") == "1"
     argo = Capture(tmp_path / "sync")
-    others = Capture(tmp_path / "others")
+    others = Capture(tmp_path / "connection-deleting")
     kube = Kube(kube_api, namespace_of_our_own)
     syncs = Syncs(kube_api, namespace_of_our_own)
     project, infisical_project, key = _world(kube, remotes)
@@ -138,7 +139,7 @@ def test_every_state_as_argo_cd_and_flux_show_it(
         remotes.octopus.state.faults.clear()
         remotes.infisical.state.faults.clear()
 
-    _check_argocd(argo)
+    _check_argocd(argo, others)
     _check_kstatus(tmp_path, argo, others)
     saved = "".join(p.read_text() for folder in (argo, others) for p in sorted((folder.folder / "testdata").glob("*")))
     assert key not in saved  # the objects go into the repository: nothing secret may be in them
@@ -147,8 +148,8 @@ def test_every_state_as_argo_cd_and_flux_show_it(
     if update:
         shutil.rmtree(SYNC_TESTDATA, ignore_errors=True)
         shutil.copytree(argo.folder, SYNC_TESTDATA)
-        shutil.rmtree(OTHER_TESTDATA, ignore_errors=True)
-        shutil.copytree(others.folder / "testdata", OTHER_TESTDATA)
+        shutil.rmtree(DELETING_TESTDATA, ignore_errors=True)
+        shutil.copytree(others.folder, DELETING_TESTDATA)
 
 
 def _ready_text(status: dict[str, object]) -> str:
@@ -172,19 +173,19 @@ def _save_blocked_deletions(
     remotes.infisical.state.faults.error(500, times=None, path_prefix="/api/v1/app-connections")
     kube.delete_odc("octopus")
     obj = kube.wait_condition("octopus", "Ready", "False", "DeletionBlocked", timeout=60)
-    # Argo CD's verdict for connections is tested with tests/cluster/test_argocd_health.py's objects; this one is
-    # for kstatus only, so what Argo CD would say is recorded but not run.
     others.save(obj, "connection_deleting", "Degraded", ready_message(obj))
     remotes.infisical.state.faults.clear()
     kube.wait_gone("octopus", timeout=90)
 
 
-def _check_argocd(argo: Capture) -> None:
+def _check_argocd(argo: Capture, others: Capture) -> None:
     tests = argo.write()
     results = run_argocd_health(tests, script=SCRIPT, group_kind=GROUP_KIND)
     assert [r["inputPath"] for r in results] == [t["inputPath"] for t in argo.tests]
     assert [r for r in results if not r["ok"]] == []
     assert {r["got"]["status"] for r in results} == {"Healthy", "Progressing", "Degraded", "Suspended"}
+    deleting = run_argocd_health(others.write(), script=CONNECTION_SCRIPT)
+    assert [r for r in deleting if not r["ok"]] == []
 
 
 def _check_kstatus(tmp_path: Path, argo: Capture, others: Capture) -> None:

@@ -21,7 +21,7 @@ from tests.envtest.binaries import ensure_kstatus
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS = ROOT / "tests" / "argocd" / "testdata"
 SYNCS = ROOT / "tests" / "argocd" / "sync" / "testdata"
-OTHERS = ROOT / "tests" / "kstatus" / "testdata"
+OTHERS = ROOT / "tests" / "argocd" / "connection-deleting" / "testdata"
 
 READY_MESSAGE = "<Ready's message>"  # the message is the Ready condition's own: it says what is wrong and what to do
 
