@@ -1,9 +1,9 @@
 """What Flux shows for each saved object of both kinds: kstatus, computed by tests/kstatus (Go, sigs.k8s.io/cli-utils).
 
 The objects are saved from the cluster tier (tests/cluster/test_argocd_health.py for connections,
-tests/cluster/test_saved_states.py for secret syncs and a deleting connection). ``CASES`` says, per saved file, which
-kstatus status Flux shows and where its message comes from; ``write_tests`` turns that into the runner's input for a
-folder of saved objects, so a refreshed object (new ids in a message) needs no hand edit here.
+tests/cluster/test_sync_saved_states.py for secret syncs and a deleting connection). ``CASES`` says, per saved file,
+which kstatus status Flux shows and where its message comes from; ``write_tests`` turns that into the runner's input
+for a folder of saved objects, so a refreshed object (new ids in a message) needs no hand edit here.
 """
 
 from __future__ import annotations

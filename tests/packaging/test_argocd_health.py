@@ -1,6 +1,6 @@
 """deploy/argocd/'s health checks in Argo CD's own Lua VM (v3.2.12 and the newest v3, tests/argocd) over the objects
-saved by tests/cluster/test_argocd_health.py (connections) and tests/cluster/test_saved_states.py (secret syncs), and
-the two ways docs/argocd.md ships them (argocd-cm, argo-cd Helm values) carry exactly those scripts.
+saved by tests/cluster/test_argocd_health.py (connections) and tests/cluster/test_sync_saved_states.py (secret
+syncs), and the two ways docs/argocd.md ships them (argocd-cm, argo-cd Helm values) carry exactly those scripts.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Connections in the other states are saved by tests/cluster/test_argocd_health.py
 folder, and with OCTOCONN_UPDATE_ARGOCD_TESTDATA=1 replace the saved copies in the repository
 (tests/argocd/sync/ and tests/argocd/connection-deleting/), which the non-cluster tier checks again
 (tests/packaging/test_argocd_health.py, tests/packaging/test_kstatus.py).
+
+Named to run after test_secret_sync.py, whose first test counts every secret-sync write the session's Infisical
+double has seen.
 """
 
 from __future__ import annotations
