@@ -30,16 +30,28 @@ COPY operator ./operator
 RUN uv sync --frozen --no-dev --no-editable \
  && /app/.venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /app/.venv/lib/python3.11/site-packages/octoconn
 
+# The SBOM: cyclonedx-py (locked in uv.lock's "sbom" group, installed beside, never into, the operator's virtualenv)
+# reads the installed distributions of /app/.venv itself, so it lists what the image really holds.
+FROM build AS sbom
+RUN uv export --frozen --only-group sbom --no-emit-project -o /tmp/sbom-requirements.txt \
+ && uv venv --quiet /opt/sbom \
+ && uv pip install --quiet --python /opt/sbom/bin/python --require-hashes -r /tmp/sbom-requirements.txt \
+ && /opt/sbom/bin/cyclonedx-py environment --output-reproducible --spec-version 1.6 --output-format JSON \
+      --pyproject pyproject.toml --mc-type application --output-file /app/sbom.cdx.json /app/.venv
+
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="octoconn" \
       org.opencontainers.image.description="Registers Octopus Deploy API keys held in Kubernetes Secrets as Infisical App Connections" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dev.octoconn.sbom="/app/sbom.cdx.json" \
+      dev.octoconn.sbom.format="CycloneDX 1.6 JSON"
 # A fixed, unprivileged uid/gid (65532, the distroless "nonroot" convention) so that the chart's runAsUser,
 # runAsNonRoot and fsGroup line up with the image.
 RUN groupadd --system --gid 65532 octoconn \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin octoconn
 # Same path as in the build stage: the virtualenv's scripts carry its absolute path in their shebang lines.
 COPY --from=build /app/.venv /app/.venv
+COPY --from=sbom /app/sbom.cdx.json /app/sbom.cdx.json
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -2,15 +2,18 @@
 # Builds the operator image with podman, without a container daemon or a registry.
 #
 #   hack/image.sh base     build the local Python base image if it is missing (FORCE=1 rebuilds it)
-#   hack/image.sh build    build the operator image (the base image first, when it is the local one)
+#   hack/image.sh build    build the operator image (the base image first, when it is the local one) and copy its
+#                          CycloneDX SBOM (/app/sbom.cdx.json in the image) out to SBOM
 #
 # Settings (environment): IMAGE (default localhost/octoconn:dev), PYTHON_IMAGE (default localhost/python-base:3.11,
-# the local base image; set python:3.11-slim when a registry is reachable), SSL_CERT_FILE (a CA bundle mounted into
+# the local base image; set python:3.11-slim when a registry is reachable), SBOM (default dist/sbom.cdx.json),
+# SSL_CERT_FILE (a CA bundle mounted into
 # the build, for networks whose TLS passes through a proxy with its own CA; never copied into the image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE="${IMAGE:-localhost/octoconn:dev}"
+SBOM="${SBOM:-dist/sbom.cdx.json}"
 BASE_IMAGE=localhost/python-base:3.11
 PYTHON_IMAGE="${PYTHON_IMAGE:-$BASE_IMAGE}"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/hack/podman/containers.conf}"
@@ -35,7 +38,7 @@ build_base() {
     sources=(/etc/apt/sources.list.d/debian.sources)
   fi
   tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
   SECONDS=0
   mmdebstrap --quiet --variant=essential --format=tar \
     --include=python3,python3-pip,ca-certificates,passwd \
@@ -68,6 +71,22 @@ build_image() {
   SECONDS=0
   podman build --layers "${mounts[@]}" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" --tag "$IMAGE" .
   echo "image $IMAGE built in ${SECONDS}s ($(image_size "$IMAGE"))"
+  copy_sbom
+}
+
+copy_sbom() {
+  # The image's own copy, so the file beside it is exactly what the image carries.
+  local container
+  mkdir -p "$(dirname "$SBOM")"
+  container="$(podman create --quiet "$IMAGE")"
+  podman cp "$container:/app/sbom.cdx.json" "$SBOM"
+  podman rm --force "$container" >/dev/null
+  python3 - "$SBOM" <<'PY'
+import json, sys
+bom = json.load(open(sys.argv[1]))
+count = len(bom.get("components", []))
+print(f"SBOM {sys.argv[1]}: CycloneDX {bom['specVersion']}, {count} components (also /app/sbom.cdx.json in the image)")
+PY
 }
 
 case "${1:-build}" in

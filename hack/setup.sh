@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
-# Installs everything octoconn's tests and demo need, on a fresh Debian machine or a warm one (idempotent):
-# Debian packages, uv, the locked Python dependencies, the Go-built kube-apiserver/kubectl/etcd/helm/promtool and
-# Argo CD health-check runner, and the local Python base image that the operator image is built on when no registry
-# is reachable.
+# Installs what octoconn needs, on a fresh Debian machine or a warm one (idempotent).
+#
+#   hack/setup.sh          everything the tests, lint, image and audit need: Debian packages (podman, runc,
+#                          mmdebstrap among them), uv, the locked Python dependencies, every Go-built binary
+#                          (tests/envtest/binaries.py: kube-apiserver, kubectl, etcd, helm, promtool, the Argo CD and
+#                          kstatus runners, osv-scanner) and the local Python base image of the operator image
+#   hack/setup.sh --demo   only what `make demo` uses: make, git, uv, the Python dependencies, etcd,
+#                          kube-apiserver and kubectl
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+demo=0
+case "${1:-}" in
+  --demo) demo=1 ;;
+  "") ;;
+  *) echo "usage: hack/setup.sh [--demo]" >&2; exit 2 ;;
+esac
 
 step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
 
 need_apt=()
+tools=(make git)
 # podman + runc build and run the operator image without a daemon; mmdebstrap makes its base image.
-for tool in make git podman runc mmdebstrap; do
+[ "$demo" = 1 ] || tools+=(podman runc mmdebstrap)
+for tool in "${tools[@]}"; do
   # runc lives in /usr/sbin, which a non-root PATH may lack.
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need_apt+=("$tool")
 done
@@ -24,7 +37,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 if ! command -v go >/dev/null 2>&1; then
-  echo "octoconn needs the Go toolchain (>= 1.26) to build kube-apiserver, etcd, kubectl and helm; install it first." >&2
+  echo "octoconn needs the Go toolchain (>= 1.26) to build kube-apiserver, etcd, kubectl and the other test binaries; install it first." >&2
   exit 1
 fi
 
@@ -36,6 +49,13 @@ fi
 
 step "installing the locked Python dependencies (uv sync --frozen)"
 uv sync --frozen --quiet
+
+if [ "$demo" = 1 ]; then
+  step "building the demo's binaries from Go modules (cached in ${OCTOCONN_CACHE:-$HOME/.cache/octoconn})"
+  uv run --frozen python -m tests.envtest.binaries --demo
+  echo "setup (demo) done in ${SECONDS}s"
+  exit 0
+fi
 
 step "building the test binaries from Go modules (cached in ${OCTOCONN_CACHE:-$HOME/.cache/octoconn})"
 uv run --frozen python -m tests.envtest.binaries

@@ -12,6 +12,20 @@ if paused == "true" or paused == "True" or paused == "TRUE" then
 end
 
 local status = obj.status
+if status ~= nil and status.conditions ~= nil and metadata.deletionTimestamp ~= nil then
+  -- Deleting moves metadata.generation on; while the finalizer waits, Ready says why (DeletionBlocked).
+  for _, condition in ipairs(status.conditions) do
+    if condition.type == "Ready" and condition.status == "False" and condition.reason == "DeletionBlocked" then
+      hs.status = "Degraded"
+      hs.message = condition.message
+      return hs
+    end
+  end
+  hs.status = "Progressing"
+  hs.message = "Deleting: waiting for the operator to finish."
+  return hs
+end
+
 if status == nil or status.conditions == nil then
   hs.status = "Progressing"
   hs.message = "Waiting for the operator to reconcile this connection."

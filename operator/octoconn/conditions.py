@@ -16,6 +16,10 @@ from octoconn import errors
 from octoconn.models import Condition
 
 READY = "Ready"
+# kstatus (what Flux's `wait` and `healthChecks` read) takes Ready=False for "still in progress" and waits for its
+# timeout; Stalled=True makes it report Failed at once, with the message. Present only while True, as kstatus expects.
+STALLED = "Stalled"
+PAUSED_REASON = "ReconcilePaused"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -102,11 +106,14 @@ def summarize(
     generation: int,
     now: datetime,
 ) -> list[Condition]:
-    """Ready is True only when every condition in ``parts`` is; otherwise it carries the first cause."""
+    """Ready is True only when every condition in ``parts`` is; otherwise it carries the first cause.
+
+    A False cause (not a pause) also sets ``Stalled``, so that kstatus (Flux) reports Failed rather than waiting.
+    """
     by_type = {c.type: c for c in conditions}
     found = [by_type.get(part) for part in parts]
     if all(c is not None and c.status == "True" for c in found):
-        return set_condition(
+        ready = set_condition(
             conditions,
             type_=READY,
             status="True",
@@ -115,16 +122,36 @@ def summarize(
             generation=generation,
             now=now,
         )
+        return _without_stalled(ready)
     cause = next((c for c in found if c is not None and c.status != "True"), None)
-    return set_condition(
+    failed = cause is not None and cause.status == "False"
+    conditions = set_condition(
         conditions,
         type_=READY,
-        status="False" if cause is not None and cause.status == "False" else "Unknown",
+        status="False" if failed else "Unknown",
         reason=cause.reason if cause else "Reconciling",
         message=cause.message if cause else "The first reconcile has not finished yet.",
         generation=generation,
         now=now,
     )
+    # Ready=False waits for a change (a Secret, the spec, a permission in Octopus); Unknown is retried by itself.
+    # A paused resource is not failing: it waits for the annotation to go.
+    paused = any(c is not None and c.reason == PAUSED_REASON for c in found)
+    if not failed or paused or cause is None:
+        return _without_stalled(conditions)
+    return set_condition(
+        conditions,
+        type_=STALLED,
+        status="True",
+        reason=cause.reason,
+        message=cause.message,
+        generation=generation,
+        now=now,
+    )
+
+
+def _without_stalled(conditions: list[Condition]) -> list[Condition]:
+    return [c for c in conditions if c.type != STALLED]
 
 
 def transition_events(before: HasConditions, after: HasConditions) -> list[Event]:

@@ -1,5 +1,5 @@
-// The Argo CD health-check runner (main.go). Argo CD v3.2.12 is the newest v3 release whose whole module graph is on
-// the module proxy (later ones replace gitops-engine with an in-repository copy that is not published as a module).
+// The Argo CD health-check runner (main.go) against Argo CD v3.2.12, the newest v3 release that builds with Go 1.26.
+// Later releases need Go 1.27: tests/envtest/binaries.py builds the same main.go against the newest one as well.
 // The replace block is Argo CD's own, copied from its go.mod: replaces in a dependency are ignored, so without it
 // the k8s.io modules would not resolve to the versions Argo CD is built with.
 module octoconn.dev/tests/argocd
@@ -8,7 +8,6 @@ go 1.25.5
 
 require (
 	github.com/argoproj/argo-cd/v3 v3.2.12
-	github.com/argoproj/gitops-engine v0.7.1-0.20260512161450-ff8d2f5207dc
 	k8s.io/apimachinery v0.34.0
 	sigs.k8s.io/yaml v1.6.0
 )
@@ -25,6 +24,7 @@ require (
 	github.com/Masterminds/semver/v3 v3.4.0 // indirect
 	github.com/Microsoft/go-winio v0.6.2 // indirect
 	github.com/ProtonMail/go-crypto v1.1.6 // indirect
+	github.com/argoproj/gitops-engine v0.7.1-0.20260512161450-ff8d2f5207dc // indirect
 	github.com/argoproj/pkg v0.13.6 // indirect
 	github.com/argoproj/pkg/v2 v2.0.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect

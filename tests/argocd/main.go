@@ -14,24 +14,30 @@ import (
 
 	"github.com/argoproj/argo-cd/v3/pkg/apis/application/v1alpha1"
 	"github.com/argoproj/argo-cd/v3/util/lua"
-	"github.com/argoproj/gitops-engine/pkg/health"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
+// healthStatus is gitops-engine's health.HealthStatus by its JSON fields: the package moved into Argo CD's own
+// repository after v3.2, and naming no type of it lets one main.go build against both (tests/envtest/binaries.py).
+type healthStatus struct {
+	Status  string `json:"status"`
+	Message string `json:"message,omitempty"`
+}
+
 type testFile struct {
 	Tests []struct {
-		InputPath    string              `json:"inputPath"`
-		HealthStatus health.HealthStatus `json:"healthStatus"`
+		InputPath    string       `json:"inputPath"`
+		HealthStatus healthStatus `json:"healthStatus"`
 	} `json:"tests"`
 }
 
 type result struct {
-	InputPath string               `json:"inputPath"`
-	Want      health.HealthStatus  `json:"want"`
-	Got       *health.HealthStatus `json:"got,omitempty"`
-	Error     string               `json:"error,omitempty"`
-	OK        bool                 `json:"ok"`
+	InputPath string        `json:"inputPath"`
+	Want      healthStatus  `json:"want"`
+	Got       *healthStatus `json:"got,omitempty"`
+	Error     string        `json:"error,omitempty"`
+	OK        bool          `json:"ok"`
 }
 
 func main() {
@@ -78,7 +84,7 @@ func main() {
 	}
 }
 
-func run(vm lua.VM, path string) (*health.HealthStatus, error) {
+func run(vm lua.VM, path string) (*healthStatus, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -96,7 +102,11 @@ func run(vm lua.VM, path string) (*health.HealthStatus, error) {
 		return nil, fmt.Errorf("no health script for %s", u.GroupVersionKind())
 	}
 	vm.UseOpenLibs = useOpenLibs
-	return vm.ExecuteHealthLua(u, script)
+	got, err := vm.ExecuteHealthLua(u, script)
+	if err != nil {
+		return nil, err
+	}
+	return &healthStatus{Status: string(got.Status), Message: got.Message}, nil
 }
 
 func fail(err error) {

@@ -67,9 +67,11 @@ def ready_message(obj: dict[str, Any]) -> str:
     return str(ready["message"])
 
 
-def run_argocd_health(tests: Path) -> list[dict[str, Any]]:
+def run_argocd_health(
+    tests: Path, *, script: Path = SCRIPT, group_kind: str = "octoconn.dev/OctopusDeployConnection"
+) -> list[dict[str, Any]]:
     proc = subprocess.run(
-        [str(ensure_argocd_health()), "-script", str(SCRIPT), "-tests", str(tests)],
+        [str(ensure_argocd_health()), "-script", str(script), "-tests", str(tests), "-group-kind", group_kind],
         capture_output=True,
         text=True,
         timeout=60,

@@ -21,7 +21,7 @@ from kubernetes import client
 
 from tests.cluster.conftest import Kube, Remotes, own_namespace
 from tests.cluster.operator_process import OperatorProcess
-from tests.envtest.binaries import ensure_binaries
+from tests.envtest.binaries import ensure_helm
 from tests.envtest.controlplane import ClusterAccess
 
 pytestmark = pytest.mark.cluster
@@ -38,7 +38,7 @@ def helm(home: Path, *args: str) -> str:
         "HELM_DATA_HOME": str(home / "data"),
     }
     proc = subprocess.run(
-        [str(ensure_binaries().helm), *args], capture_output=True, text=True, env=env, check=False, timeout=120
+        [str(ensure_helm()), *args], capture_output=True, text=True, env=env, check=False, timeout=120
     )
     assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

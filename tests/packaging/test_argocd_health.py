@@ -1,5 +1,6 @@
-"""deploy/argocd/health.lua in Argo CD's own Lua VM over the objects saved by tests/cluster/test_argocd_health.py,
-and the two ways docs/argocd.md ships it (argocd-cm, argo-cd Helm values) carry exactly that script.
+"""deploy/argocd/'s health checks in Argo CD's own Lua VM (v3.2.12 and the newest v3, tests/argocd) over the objects
+saved by tests/cluster/test_argocd_health.py (connections) and tests/cluster/test_sync_saved_states.py (secret
+syncs), and the two ways docs/argocd.md ships them (argocd-cm, argo-cd Helm values) carry exactly those scripts.
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.envtest.binaries import ensure_argocd_health
+from tests.envtest.binaries import ARGOCD_LATEST_VERSION, ensure_argocd_health
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "deploy" / "argocd" / "health.lua"
-CASES = ROOT / "tests" / "argocd" / "health_test.yaml"
+DEPLOY = ROOT / "deploy" / "argocd"
+CONNECTION = ("octoconn.dev/OctopusDeployConnection", DEPLOY / "health.lua", ROOT / "tests/argocd/health_test.yaml")
+SYNC = (
+    "octoconn.dev/OctopusDeploySecretSync",
+    DEPLOY / "secret-sync-health.lua",
+    ROOT / "tests/argocd/sync/health_test.yaml",
+)
 DOCS = ROOT / "docs" / "argocd.md"
-KEY = "resource.customizations.health.octoconn.dev_OctopusDeployConnection"
+VERSIONS = pytest.mark.parametrize("latest", [False, True], ids=["v3.2.12", ARGOCD_LATEST_VERSION])
 
 
-def run(script: Path, tests: Path) -> tuple[int, list[dict[str, Any]]]:
+def run(script: Path, tests: Path, group_kind: str, *, latest: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    runner = ensure_argocd_health(latest=latest)
     proc = subprocess.run(
-        [str(ensure_argocd_health()), "-script", str(script), "-tests", str(tests)],
+        [str(runner), "-script", str(script), "-tests", str(tests), "-group-kind", group_kind],
         capture_output=True,
         text=True,
         timeout=60,
@@ -34,8 +41,10 @@ def run(script: Path, tests: Path) -> tuple[int, list[dict[str, Any]]]:
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def test_saved_objects_get_the_expected_health() -> None:
-    code, results = run(SCRIPT, CASES)
+@VERSIONS
+def test_saved_connections_get_the_expected_health(latest: bool) -> None:
+    group_kind, script, cases = CONNECTION
+    code, results = run(script, cases, group_kind, latest=latest)
     assert [r for r in results if not r["ok"]] == []
     assert code == 0
     statuses = [r["got"]["status"] for r in results]
@@ -44,20 +53,39 @@ def test_saved_objects_get_the_expected_health() -> None:
     assert "octopus-key was not found" in degraded["got"]["message"]  # Ready's own message, not a generic one
 
 
-def test_the_runner_reports_a_wrong_script(tmp_path: Path) -> None:
-    """The check above can fail: a script that says Healthy for everything is caught."""
+@VERSIONS
+def test_saved_secret_syncs_get_the_expected_health(latest: bool) -> None:
+    group_kind, script, cases = SYNC
+    code, results = run(script, cases, group_kind, latest=latest)
+    assert [r for r in results if not r["ok"]] == []
+    assert code == 0
+    by_case = {Path(r["inputPath"]).stem: r["got"] for r in results}
+    assert by_case["healthy"]["status"] == "Healthy"
+    assert by_case["progressing_running"]["status"] == "Progressing"
+    assert "(running)" in by_case["progressing_running"]["message"]  # Infisical is running the sync
+    assert by_case["degraded_destination_not_found"]["status"] == "Degraded"
+    assert '"No Such Project"' in by_case["degraded_destination_not_found"]["message"]  # the reason, in its words
+    assert by_case["suspended_paused"]["status"] == "Suspended"
+    assert by_case["deleting_blocked"]["status"] == "Degraded"
+
+
+@pytest.mark.parametrize("kind", [CONNECTION, SYNC], ids=["connection", "secret-sync"])
+def test_the_runner_reports_a_wrong_script(tmp_path: Path, kind: tuple[str, Path, Path]) -> None:
+    """The checks above can fail: a script that says Healthy for everything is caught."""
+    group_kind, _, cases = kind
     always_healthy = tmp_path / "health.lua"
     always_healthy.write_text('return {status = "Healthy", message = "fine"}\n')
-    code, results = run(always_healthy, CASES)
+    code, results = run(always_healthy, cases, group_kind)
     assert code == 1
-    assert {r["inputPath"] for r in results if not r["ok"]} >= {"testdata/degraded_secret_not_found.yaml"}
+    assert any(r["want"]["status"] == "Degraded" for r in results if not r["ok"])
 
 
 def test_string_library_is_not_available_as_in_argo_cd(tmp_path: Path) -> None:
     """The runner opens only what Argo CD opens: a script using string.lower fails there as it would in Argo CD."""
+    group_kind, _, cases = CONNECTION
     script = tmp_path / "health.lua"
     script.write_text('return {status = string.lower("HEALTHY"), message = ""}\n')
-    code, results = run(script, CASES)
+    code, results = run(script, cases, group_kind)
     assert code == 1
     assert all("string" in r.get("error", "") for r in results), results
 
@@ -67,13 +95,16 @@ def _yaml_blocks(markdown: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("where", ["argocd-cm", "helm-values"])
-def test_docs_ship_exactly_the_script(where: str) -> None:
+@pytest.mark.parametrize("kind", [CONNECTION, SYNC], ids=["connection", "secret-sync"])
+def test_docs_ship_exactly_the_scripts(where: str, kind: tuple[str, Path, Path]) -> None:
+    group_kind, script, _ = kind
+    key = "resource.customizations.health." + group_kind.replace("/", "_")
     blocks = _yaml_blocks(DOCS.read_text())
     if where == "argocd-cm":
         (cm,) = [b for b in blocks if b.get("kind") == "ConfigMap"]
         assert cm["metadata"]["name"] == "argocd-cm"
-        value = cm["data"][KEY]
+        value = cm["data"][key]
     else:
         (values,) = [b for b in blocks if "configs" in b]
-        value = values["configs"]["cm"][KEY]
-    assert value == SCRIPT.read_text()
+        value = values["configs"]["cm"][key]
+    assert value == script.read_text()

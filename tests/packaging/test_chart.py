@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from octoconn.settings import Settings
-from tests.envtest.binaries import ensure_binaries, expected_paths
+from tests.envtest.binaries import ensure_helm, expected_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "octoconn"
@@ -43,7 +43,7 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
     path = expected_paths().helm
     if not path.exists():
         # Same builder as the control plane: a warm cache returns at once, a cold one builds from Go modules.
-        path = ensure_binaries().helm
+        path = ensure_helm()
     return Helm(path, tmp_path_factory.mktemp("helm"))
 
 

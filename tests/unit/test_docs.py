@@ -32,6 +32,8 @@ def _tracked_files() -> list[Path]:
 
 # Built from parts so that this file does not match itself.
 _OUTSIDE = re.compile("|".join([r"\.\./" + "shared", r"(?<![\w.~-])/" + "work/", "shared/" + "reference"]))
+# The one allowed reference: CI hands the audit the offline advisory database beside the checkout, when there is one.
+_ALLOWED = {(".ci/run", "advisories=../" + "shared/advisories")}
 
 
 def test_the_repository_stands_alone() -> None:
@@ -45,7 +47,7 @@ def test_the_repository_stands_alone() -> None:
         except UnicodeDecodeError:
             continue  # binary files carry no references
         for number, line in enumerate(text.splitlines(), 1):
-            if _OUTSIDE.search(line):
+            if _OUTSIDE.search(line) and (str(path.relative_to(README.parent)), line.strip()) not in _ALLOWED:
                 offenders.append(f"{path.relative_to(README.parent)}:{number}: {line.strip()[:100]}")
     assert offenders == [], "files point outside the repository:\n" + "\n".join(offenders)
 
