@@ -83,15 +83,10 @@ def test_two_standalone_operators_make_no_duplicate(rig: Rig, kube: Kube, start_
 
 
 class NameConflictSeen(AssertionError):
-    """The failure issue 15 is about, told apart from any other (a duplicate, a lost change fails the test)."""
+    """A resource stuck in NameConflict against its own connection, told apart from a duplicate or a lost change.
+    Issue 15's ownership rule fixed it (the owners index shows the connection the other process recorded)."""
 
 
-@pytest.mark.xfail(
-    raises=NameConflictSeen,
-    strict=True,
-    reason="issue 15 (lead, reconcile.py): the second --standalone operator's passes end in NameConflict against "
-    "the connection the first one created for the same resource, and stay there while both run",
-)
 def test_two_standalone_operators_every_resource_ends_ready(
     rig: Rig, kube: Kube, start_operator: OperatorFactory
 ) -> None:
