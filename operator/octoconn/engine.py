@@ -133,6 +133,15 @@ class CreateGuard:
             return ownership.Evidence(started), (marker.name, marker.project_id)
         return ownership.Evidence(None), (target.create_name, target.create_project)
 
+    def carried_evidence(
+        self, target: Target
+    ) -> tuple[ownership.Evidence, tuple[str, str | None], PendingCreate | None]:
+        """``evidence`` for the marker the resource carries now (annotation, else the legacy status field)."""
+        written = target.annotations.get(ANNOTATION_PENDING_CREATE)
+        marker = parse_marker(written) or target.legacy_marker
+        evidence, sent = self.evidence(target, marker, written)
+        return evidence, sent, marker
+
     def sending(self, target: Target, now: datetime) -> None:
         """Remembered before the create goes out: an answer that never comes (timeout, dropped connection, a 5xx
         after Infisical acted) leaves this behind as the proof that the object found under the name is ours."""

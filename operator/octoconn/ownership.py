@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from octoconn.conditions import parse_time, rfc3339
+from octoconn.conditions import Event, parse_time, rfc3339
 
 # What a crash needs: the marker is written before the create is sent, so Infisical creates the object after the
 # marker's time. The margin covers clock skew between the operator's nodes and Infisical only (NTP keeps both within
@@ -39,6 +39,7 @@ Verdict = Literal["ours", "others", "unproven"]
 class Claim:
     verdict: Verdict
     why: str  # for a message or an Event: says which proof held or failed
+    owner: str | None = None  # with "others": the namespace/name of the resource that records the object
 
     @property
     def ours(self) -> bool:
@@ -73,7 +74,8 @@ def claim(
     if me in recorded:
         return Claim("ours", "this resource's status records it")
     if recorded:
-        return Claim("others", f"it is recorded by {sorted(recorded)[0]}")
+        owner = sorted(recorded)[0]
+        return Claim("others", f"it is recorded by {owner}", owner)
     if evidence.sent_after is None:
         return Claim("unproven", "this resource never sent a create that could have made it")
     created = parse_time(created_at)
@@ -89,3 +91,13 @@ def claim(
     if evidence.lost_answer:
         return Claim("ours", "this resource's create reached Infisical but its answer was lost")
     return Claim("ours", "an earlier try created it just after writing this resource's create marker")
+
+
+def left_in_place(what: str, name: str, object_id: str, claim: Claim) -> Event:
+    """The Warning a finalizer posts when it deletes nothing because it cannot show the object is its own."""
+    return Event(
+        "Warning",
+        "LeftInPlace",
+        f"Infisical {what} {name} ({object_id}) was left in place: {claim.why}, so this resource cannot show that it "
+        "created it. Delete it in Infisical if nobody uses it.",
+    )

@@ -594,7 +594,7 @@ class ConnectionReconciler:
                 ]
             if not claim.ours:
                 self.forget(res.uid)
-                return [_left_in_place(found, claim)]
+                return [ownership.left_in_place("connection", found.name, found.id, claim)]
             connection_id = found.id
         deleted = await store.delete(connection_id)
         # Only now: a failed delete is retried, and may need the remembered identity store again.
@@ -819,8 +819,7 @@ class ConnectionReconciler:
         self, res: Resource, store: ConnectionStore
     ) -> tuple[AppConnection | None, ownership.Claim | None]:
         """Nothing recorded: the connection a create of ours may have made, and whether it is provably ours."""
-        marker = res.pending_create
-        evidence, sent = self._guard.evidence(_target(res), marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        evidence, sent, marker = self._guard.carried_evidence(_target(res))
         if evidence.sent_after is None and marker is None:
             return None, None
         try:
@@ -982,15 +981,6 @@ def _target(res: Resource) -> Target:
 
 def _ref(res: Resource) -> str:
     return f"{res.namespace}/{res.name}"
-
-
-def _left_in_place(found: AppConnection, claim: ownership.Claim) -> Event:
-    return Event(
-        "Warning",
-        "LeftInPlace",
-        f"Infisical connection {found.name} ({found.id}) was left in place: {claim.why}, so this resource cannot "
-        "show that it created it. Delete it in Infisical if nobody uses it.",
-    )
 
 
 def _plan_labels(plan: PatchPlan) -> list[tuple[str, bool]]:

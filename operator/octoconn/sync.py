@@ -571,7 +571,7 @@ class SyncReconciler:
             found, claim = await self._claim_for_deletion(res, store)
             if found is not None and claim is not None and not claim.ours:
                 self.forget(res.uid)
-                return [_left_in_place(found, claim)]
+                return [ownership.left_in_place("secret sync", found.name, found.id, claim)]
             sync_id = found.id if found is not None else None
         if sync_id is None:
             self.forget(res.uid)
@@ -715,9 +715,7 @@ class SyncReconciler:
         self, res: SyncResource, store: SyncStore
     ) -> tuple[SecretSync | None, ownership.Claim | None]:
         """Nothing recorded: the sync a create of ours may have made, and whether it is provably ours."""
-        target = _target(res)
-        marker = parse_marker(res.annotations.get(ANNOTATION_PENDING_CREATE)) or target.legacy_marker
-        evidence, sent = self._guard.evidence(target, marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        evidence, sent, marker = self._guard.carried_evidence(_target(res))
         if evidence.sent_after is None and marker is None:
             return None, None
         found = await store.get_sync_by_name(sent[0], project_id=sent[1] or res.spec.source.project_id)
@@ -1026,15 +1024,6 @@ def _where(destination: ResolvedDestination | None) -> str:
     return f"Octopus project {destination.project_name} ({destination.project_id})"
 
 
-def _left_in_place(found: SecretSync, claim: ownership.Claim) -> Event:
-    return Event(
-        "Warning",
-        "LeftInPlace",
-        f"Infisical secret sync {found.name} ({found.id}) was left in place: {claim.why}, so this resource cannot "
-        "show that it created it. Delete it in Infisical if nobody uses it.",
-    )
-
-
 _NOT_SENT_AGAIN = (
     "This request is not sent again until the resource or its connection changes; after fixing the cause in "
     "Infisical, set the annotation octoconn.dev/sync-requested-at to a new value to retry now."
@@ -1068,8 +1057,7 @@ def _name_taken(res: SyncResource, existing: SecretSync, claim: ownership.Claim)
     where = f'Infisical project {existing.project_id} already has a secret sync named "{existing.name}" ({existing.id})'
     if claim.verdict == "others":
         return errors.NameConflict(
-            f"{where}, and {claim.why.replace('it is recorded by', 'OctopusDeploySecretSync')} manages it. Set "
-            "spec.syncName to another name."
+            f"{where}, and OctopusDeploySecretSync {claim.owner} manages it. Set spec.syncName to another name."
         )
     return errors.NameConflict(
         f"{where} that this resource did not create. Set spec.syncName to another name, or delete that sync in "
