@@ -44,10 +44,9 @@ from octoconn.conditions import (
     transition_events,
     utcnow,
 )
-from octoconn.engine import AnnotationWriter, CreateGuard, FirstPatch, Target, parse_marker
+from octoconn.engine import AnnotationWriter, CreateGuard, FirstPatch, Target
 from octoconn.models import (
     ANNOTATION_PAUSED,
-    ANNOTATION_PENDING_CREATE,
     OctopusDeployConnectionSpec,
     OctopusDeployConnectionStatus,
     PendingCreate,
@@ -819,8 +818,9 @@ class SyncReconciler:
     ) -> SecretSync:
         """Send the create (no name lookup first: Infisical refuses a taken name, and only then do we look)."""
         target = _target(res)
-        marker = parse_marker(res.annotations.get(ANNOTATION_PENDING_CREATE))
-        evidence, _ = self._guard.evidence(target, marker, res.annotations.get(ANNOTATION_PENDING_CREATE))
+        # A recreate (the recorded sync was deleted in Infisical) has no earlier create to recognise: as for
+        # connections, the old marker proves nothing about a same-named sync made since.
+        evidence = ownership.Evidence(None) if res.status.id else self._guard.carried_evidence(target)[0]
         self._guard.sending(target, now)
         try:
             created = await self._send(res, status, "create", desired, lambda: store.create_sync(desired))

@@ -513,3 +513,30 @@ async def test_a_failed_run_is_run_again_at_a_later_check_once_the_cause_is_fixe
     ready = status.condition("Ready")
     assert ready is not None
     assert (ready.status, ready.reason) == ("True", "Available")
+
+
+async def test_a_recreate_never_adopts_a_same_named_sync_made_since(setup: Setup) -> None:
+    first = await setup.reconciler.reconcile(setup.resource())
+    assert first.status.id is not None
+    marker = setup.kube.annotations[0][ANNOTATION_PENDING_CREATE] or ""
+    await setup.client.delete_sync(first.status.id, remove_secrets=False)  # deleted in Infisical by hand...
+    made = await setup.client.create_sync(  # ...and a sync of the same name, connection and project made there
+        {
+            "name": "web",
+            "projectId": setup.infisical_project,
+            "connectionId": setup.kube.connections[("team", "octopus")]["status"]["id"],
+            "environment": "prod",
+            "secretPath": "/apps/web",
+            "isAutoSyncEnabled": False,
+            "syncOptions": {"initialSyncBehavior": "overwrite-destination"},
+            "destinationConfig": {"spaceId": "Spaces-1", "scope": "project", "projectId": setup.project_id},
+        }
+    )
+    setup.reconciler.forget("uid-web")  # a restarted operator: the marker is another process's now
+    outcome = await setup.reconciler.reconcile(
+        setup.resource(first.status, annotations={ANNOTATION_PENDING_CREATE: marker})
+    )
+    assert outcome.error is not None
+    assert outcome.error.reason == "NameConflict"
+    assert outcome.status.id == first.status.id  # still the recorded (gone) one, not the stranger's
+    assert made.id in outcome.error.message
