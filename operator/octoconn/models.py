@@ -331,24 +331,51 @@ class PendingCreate(_Model):
     ]
 
 
-class RefusedWrite(_Model):
+class Refusal(_Model):
+    """A create or update Infisical refused for good (HTTP 400/422), kept in status so it is not sent again for
+    nothing. Each kind adds what the refusal holds for (``octoconn.engine`` decides when it is sent again)."""
+
+    operation: Annotated[Literal["create", "update"], Field(description="The refused request.")]
+    reason: Annotated[str, Field(description="Condition reason of the refusal.", max_length=1024)]
+    message: Annotated[str, Field(description="What Infisical answered, and what to do.", max_length=32768)]
+
+
+class RefusedWrite(Refusal):
     """A create or update Infisical refused for good (HTTP 400/422), kept so it is not sent again for nothing.
 
     It holds for the generation, Secret version and reconcile-requested-at value it was refused at: a change to any
     of them sends the request again. Survives operator restarts because it lives in status.
     """
 
-    operation: Annotated[Literal["create", "update"], Field(description="The refused request.")]
     generation: Annotated[int, Field(description="metadata.generation the request was refused at.", ge=0)]
     secret_resource_version: Annotated[str, Field(description="resourceVersion of the API key Secret at the time.")]
     reconcile_requested_at: Annotated[
         str | None, Field(description="Value of the octoconn.dev/reconcile-requested-at annotation at the time.")
     ] = None
-    reason: Annotated[str, Field(description="Condition reason of the refusal.", max_length=1024)]
-    message: Annotated[str, Field(description="What Infisical answered, and what to do.", max_length=32768)]
 
 
-class OctopusDeployConnectionStatus(_Model):
+class ManagedStatus(_Model):
+    """What every managed kind's status has: the generation last reconciled and the conditions. Each kind's status
+    declares ``conditions`` again, only to name its own condition types in the schema's description."""
+
+    observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
+    conditions: Annotated[
+        list[Condition] | None,
+        Field(
+            description="Ready (summary) and the conditions it summarises.",
+            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        ),
+    ] = None
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions or [] if c.type == type_), None)
+
+    def to_patch(self) -> dict[str, Any]:
+        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values."""
+        return self.model_dump(by_alias=True, mode="json")
+
+
+class OctopusDeployConnectionStatus(ManagedStatus):
     """Observed state, written only by the operator. Never contains secret material."""
 
     id: Annotated[str | None, Field(description="Infisical App Connection id.")] = None
@@ -384,7 +411,6 @@ class OctopusDeployConnectionStatus(_Model):
             json_schema_extra={"format": "date-time"},
         ),
     ] = None
-    observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
     handled_reconcile_request: Annotated[
         str | None,
         Field(
@@ -417,13 +443,6 @@ class OctopusDeployConnectionStatus(_Model):
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),
     ] = None
-
-    def condition(self, type_: str) -> Condition | None:
-        return next((c for c in self.conditions or [] if c.type == type_), None)
-
-    def to_patch(self) -> dict[str, Any]:
-        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values."""
-        return self.model_dump(by_alias=True, mode="json")
 
 
 # Rules that need metadata.name live at the top level of the schema.

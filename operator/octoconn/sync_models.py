@@ -8,7 +8,7 @@ A secret sync is Infisical's "Octopus Deploy" Secret Sync declared in the cluste
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,8 @@ from octoconn.models import (
     SLUG_PATTERN,
     SLUG_RULE,
     Condition,
+    ManagedStatus,
+    Refusal,
     _Model,
     _Spec,
     _spec_config,
@@ -280,21 +282,18 @@ class PendingSyncCreate(_Model):
     ]
 
 
-class SyncRefusedWrite(_Model):
+class SyncRefusedWrite(Refusal):
     """A create or update Infisical refused for good, kept so it is not sent again for nothing (survives restarts)."""
 
-    operation: Annotated[Literal["create", "update"], Field(description="The refused request.")]
     request: Annotated[
         str, Field(description="SHA-256 of the refused request body (names and ids only, never a secret).")
     ]
     sync_requested_at: Annotated[
         str | None, Field(description="Value of the octoconn.dev/sync-requested-at annotation at the time.")
     ] = None
-    reason: Annotated[str, Field(description="Condition reason of the refusal.", max_length=1024)]
-    message: Annotated[str, Field(description="What Infisical answered, and what to do.", max_length=32768)]
 
 
-class OctopusDeploySecretSyncStatus(_Model):
+class OctopusDeploySecretSyncStatus(ManagedStatus):
     """Observed state, written only by the operator. Never contains secret material."""
 
     id: Annotated[str | None, Field(description="Infisical secret sync id.")] = None
@@ -327,7 +326,6 @@ class OctopusDeploySecretSyncStatus(_Model):
     handled_sync_request: Annotated[
         str | None, Field(description="The last octoconn.dev/sync-requested-at value acted on.")
     ] = None
-    observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
     pending_create: Annotated[
         PendingSyncCreate | None,
         Field(
@@ -349,13 +347,6 @@ class OctopusDeploySecretSyncStatus(_Model):
             json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
         ),
     ] = None
-
-    def condition(self, type_: str) -> Condition | None:
-        return next((c for c in self.conditions or [] if c.type == type_), None)
-
-    def to_patch(self) -> dict[str, Any]:
-        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values."""
-        return self.model_dump(by_alias=True, mode="json")
 
 
 ROOT_VALIDATIONS = [
