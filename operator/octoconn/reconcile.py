@@ -24,15 +24,14 @@ import asyncio
 import copy
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from octoconn import conditions, engine, errors, ownership
 from octoconn.apikeys import SecretData, api_key_from
 from octoconn.conditions import (
-    READY,
     TRANSIENT,
     ConditionStatus,
     Event,
@@ -40,13 +39,11 @@ from octoconn.conditions import (
     rfc3339,
     set_condition,
     summarize,
-    transition_events,
     utcnow,
 )
-from octoconn.engine import CreateGuard, Target, parse_marker
+from octoconn.engine import FirstPatch, Target, parse_marker
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
-    ANNOTATION_PAUSED,
     ANNOTATION_PENDING_CREATE,
     ANNOTATION_RECONCILE_REQUESTED_AT,
     DEFAULT_CLIENT_ID_KEY,
@@ -116,36 +113,21 @@ class StatusWriter(Protocol):
 
 
 # --- inputs and outputs ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Resource:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
+@dataclass(frozen=True, kw_only=True)
+class Resource(engine.ManagedResource[OctopusDeployConnectionStatus]):
     spec: OctopusDeployConnectionSpec
-    status: OctopusDeployConnectionStatus
-    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Resource:
-        meta = body.get("metadata", {})
         return cls(
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
-            uid=meta.get("uid", ""),
-            generation=int(meta.get("generation") or 0),
+            **cls.meta_of(body),
             spec=OctopusDeployConnectionSpec.model_validate(body.get("spec") or {}),
             status=OctopusDeployConnectionStatus.model_validate(body.get("status") or {}),
-            annotations=dict(meta.get("annotations") or {}),
         )
 
     @property
     def connection_name(self) -> str:
         return self.spec.connection_name or self.name
-
-    @property
-    def paused(self) -> bool:
-        return self.annotations.get(ANNOTATION_PAUSED, "").strip().lower() == "true"
 
     @property
     def adopt_existing(self) -> bool:
@@ -251,27 +233,6 @@ def key_expiry_events(
     return [Event("Warning", KEY_EXPIRING_SOON, new.message)]
 
 
-def deletion_blocked(
-    res: Resource, error: errors.OctoconnError, now: datetime
-) -> tuple[OctopusDeployConnectionStatus, list[Event]]:
-    """Status and Event for a deletion that cannot remove the Infisical connection yet (the finalizer stays)."""
-    message = (
-        f"Deleting the Infisical connection failed ({error.reason}): {error.message}. The operator keeps trying; "
-        "to finish the deletion and leave the connection in Infisical, set spec.deletionPolicy to Orphan."
-    )
-    status = res.status.model_copy(deep=True)
-    status.conditions = set_condition(
-        status.conditions,
-        type_=READY,
-        status="False",
-        reason="DeletionBlocked",
-        message=message,
-        generation=res.generation,
-        now=now,
-    )
-    return status, transition_events(res.status, status)
-
-
 @dataclass(frozen=True)
 class PatchPlan:
     name: str | None = None
@@ -360,7 +321,7 @@ class VerificationCache:
         try:
             identity = await self._verifier.verify(instance_url, api_key)
         except errors.OctoconnError as exc:
-            if self._ttl > 0 and exc.retry not in _TRANSIENT:
+            if self._ttl > 0 and exc.retry not in TRANSIENT:
                 self._answers[digest] = (self._clock() + self._ttl, exc)
             future.set_exception(copy.copy(exc))
             future.exception()  # retrieved: no "never retrieved" warning when nobody else was waiting
@@ -390,9 +351,32 @@ def _answer(kept: OctopusIdentity | errors.OctoconnError) -> OctopusIdentity:
     return kept
 
 
-# --- the reconciler ----------------------------------------------------------------------------------------------
-class ConnectionReconciler:
-    """Runs one reconcile or finalize pass for a resource. Long-lived: one per operator process."""
+# --- the adapter -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verified:
+    """What ``prepare`` found: the key, verified with Octopus at the normalised URL."""
+
+    api_key: str
+    secret_version: str
+    identity: OctopusIdentity
+    url: str
+
+
+@dataclass(kw_only=True)
+class ConnectionObservation(engine.Observation[AppConnection]):
+    store: ConnectionStore
+    recreate: bool = False  # the recorded connection was deleted in Infisical
+    lookup: engine.Lookup[AppConnection] | None = None  # what a create of ours that went unanswered may have made
+
+
+class ConnectionReconciler(
+    engine.ManagedReconciler[Resource, Verified, ConnectionObservation, AppConnection, ConnectionStore]
+):
+    """The connection's adapter (``octoconn.engine`` runs the pass). Long-lived: one per operator process."""
+
+    what = "connection"
+    short = "connection"
+    heartbeats = ("last_verified_time", "last_synced_time")
 
     def __init__(
         self,
@@ -410,77 +394,35 @@ class ConnectionReconciler:
 
         ``key_expiry_warning``: a key expiring within it gives ``CredentialsVerified=True/ApiKeyExpiringSoon``.
         """
+        super().__init__(writer=status_writer, owners_of=owners_of, clock=clock)
         self._key_expiry_warning = key_expiry_warning
-        self._owners_of = owners_of
         self._secrets = secrets
         self._octopus = octopus
         self._stores = stores
         self._status_writer = status_writer
-        self._clock = clock
         # uid -> digest of the key last pushed. Process memory only: after a restart we fall back to the Secret's
         # resourceVersion, which may push identical credentials once, but never misses a rotation.
         self._pushed_keys: dict[str, str] = {}
         # uid -> the per-resource identity's store last used. Deleting a namespace deletes the identity Secret
         # together with the resource; this lets the finalizer still reach Infisical (until a restart).
         self._tenant_stores: dict[str, ConnectionStore] = {}
-        self._guard = CreateGuard(status_writer)
         self._verifications = VerificationCache(octopus, ttl=verify_ttl)
 
     def forget(self, uid: str) -> None:
         self._pushed_keys.pop(uid, None)
         self._tenant_stores.pop(uid, None)
-        self._guard.forget(uid)
+        super().forget(uid)
 
-    def remember_marker(self, uid: str, marker: str) -> None:
-        """This process wrote ``marker`` for the resource (with Kopf's first patch): no earlier create can exist."""
-        self._guard.remember_marker(uid, marker)
-
-    async def reconcile(
-        self,
-        res: Resource,
-        *,
-        fresh: bool = False,
-        first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
-    ) -> Outcome:
-        """One pass. ``fresh``: verify the key with Octopus even if another resource just did (a re-check asked for).
-        ``first_patch``: waits for the resource's first patch (finalizer and create marker), returns its annotations;
-        a create waits for it, so the key is read and verified meanwhile."""
-        now = self._clock()
-        status = res.status.model_copy(deep=True)
-        status.observed_generation = res.generation
+    # -- prepare: the key ---------------------------------------------------------------------------------------
+    def begin(self, res: Resource, status: OctopusDeployConnectionStatus) -> None:
         status.handled_reconcile_request = res.reconcile_requested_at
-        status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
-        if res.status.id:
-            self._guard.recorded(res.uid)
-        if res.paused:
-            return self._finish(res, status, now, synced=("False", "ReconcilePaused", _PAUSED_MESSAGE))
 
-        try:
-            api_key, secret_version, identity, url = await self._verify(res, fresh=fresh)
-        except errors.OctoconnError as exc:
-            status.conditions = set_condition(
-                status.conditions,
-                type_=CREDENTIALS_VERIFIED,
-                status="Unknown" if exc.retry in _TRANSIENT else "False",
-                reason=exc.reason,
-                message=exc.message,
-                generation=res.generation,
-                now=now,
-            )
-            # Infisical was not touched: Synced keeps what it said, unless a spec change is now waiting (or nothing
-            # was ever synced), in which case Infisical's state is not the desired one and Synced must not say True.
-            synced = status.condition(SYNCED)
-            spec_changed = res.status.observed_generation not in (None, res.generation)
-            if synced is None or (spec_changed and synced.status == "True"):
-                synced_state: tuple[ConditionStatus, str, str] = (
-                    "Unknown",
-                    "WaitingForCredentials",
-                    "Waiting for a verified API key before syncing; Infisical keeps what it had.",
-                )
-            else:
-                synced_state = (synced.status, synced.reason, synced.message)
-            return self._finish(res, status, now, synced=synced_state, error=exc)
-
+    async def prepare(
+        self, res: Resource, status: OctopusDeployConnectionStatus, now: datetime, *, fresh: bool
+    ) -> Verified:
+        """Read the key and verify it with Octopus (``fresh``: even if another resource just did)."""
+        verified = await self._verify(res, fresh=fresh)
+        identity = verified.identity
         status.octopus = OctopusIdentityStatus(
             user_id=identity.user_id,
             username=identity.username,
@@ -500,111 +442,33 @@ class ConnectionReconciler:
             generation=res.generation,
             now=now,
         )
+        return verified
 
-        if status.refused_write is not None and not _refusal_holds(res, status.refused_write, secret_version):
-            status.refused_write = None  # something changed since: the request may be sent again
-        try:
-            store = await self._store_for(res)
-            remote, action = await self._sync(res, status, store, api_key, secret_version, url, now, first_patch)
-        except errors.InfisicalAuthFailed as exc:
-            message = exc.message
-            if res.spec.infisical is None or res.spec.infisical.credentials_secret_ref is None:
-                # Not something the resource's owner can fix: say whose credentials these are.
-                message = (
-                    f"The operator's own Infisical identity was refused; its administrators must fix it. {message}"
-                )
-            return self._finish(res, status, now, synced=("False", exc.reason, message), error=exc)
-        except errors.OctoconnError as exc:
-            transient = exc.retry in _TRANSIENT
-            # An outage says nothing about the connection itself, which Infisical still holds: Unknown, not False.
-            state: ConditionStatus = "Unknown" if transient else "False"
-            message = exc.message
-            if status.refused_write is not None and status.refused_write.reason == exc.reason:
-                message = f"{message.rstrip('.')}. {_NOT_SENT_AGAIN}"
-            return self._finish(res, status, now, synced=(state, exc.reason, message), error=exc)
-
-        self._pushed_keys[res.uid] = key_digest(api_key)
-        status.id = remote.id
-        status.version = remote.version
-        status.credentials_hash = remote.credentials_hash
-        status.org_id = remote.org_id
-        status.project_id = remote.project_id
-        status.connection_name = remote.name
-        status.instance_url = remote.instance_url
-        status.secret_resource_version = secret_version
-        status.pending_create = None
-        ignored = ignored_by_infisical(
-            remote,
-            name=res.connection_name,
-            description=res.spec.description,
-            project_id=res.spec.project_id,
-            instance_url=url,
+    def unprepared(
+        self, res: Resource, status: OctopusDeployConnectionStatus, error: errors.OctoconnError, now: datetime
+    ) -> engine.Synced:
+        status.conditions = set_condition(
+            status.conditions,
+            type_=CREDENTIALS_VERIFIED,
+            status="Unknown" if error.retry in TRANSIENT else "False",
+            reason=error.reason,
+            message=error.message,
+            generation=res.generation,
+            now=now,
         )
-        if ignored:
-            # Infisical said yes but did not do all of it (an older release drops what it does not know): the
-            # resource is not what was asked, so it is not Ready, and the same request is not sent again for nothing.
-            error = errors.InfisicalIgnoredRequest(
-                f"Infisical answered with success but {'; '.join(ignored)}. Connection {remote.name} ({remote.id})"
+        # Infisical was not touched: Synced keeps what it said, unless a spec change is now waiting (or nothing was
+        # ever synced), in which case Infisical's state is not the desired one and Synced must not say True.
+        synced = status.condition(SYNCED)
+        spec_changed = res.status.observed_generation not in (None, res.generation)
+        if synced is None or (spec_changed and synced.status == "True"):
+            return (
+                "Unknown",
+                "WaitingForCredentials",
+                "Waiting for a verified API key before syncing; Infisical keeps what it had.",
             )
-            if action is not None:
-                status.refused_write = _refusal(
-                    res, "create" if action.reason == "Created" else "update", secret_version, error
-                )
-            message = error.message
-            if status.refused_write is not None:
-                message = f"{message}. {_NOT_SENT_AGAIN}"
-            outcome = self._finish(res, status, now, synced=("False", error.reason, message), error=error)
-            if action is not None:
-                outcome.events.insert(0, action)
-            return outcome
-        status.last_synced_time = rfc3339(now)
-        status.refused_write = None
-        reason = action.reason if action is not None and action.reason == "DriftRepaired" else "UpToDate"
-        # What was done goes into its Event; the condition says how things stand, so that the next check, which
-        # finds them the same, has nothing to write.
-        matches = f"Infisical connection {remote.name} ({remote.id}) matches."
-        message = action.message if action is not None and reason == "DriftRepaired" else matches
-        outcome = self._finish(res, status, now, synced=("True", reason, message))
-        if action is not None:
-            outcome.events.insert(0, action)
-        return outcome
+        return synced.status, synced.reason, synced.message
 
-    async def finalize(self, res: Resource) -> list[Event]:
-        """Remove the Infisical connection unless the policy is Orphan. Raises to retry (finalizer stays)."""
-        name = res.connection_name
-        if res.spec.effective_deletion_policy() == "Orphan":
-            self.forget(res.uid)
-            return [Event("Normal", "Orphaned", f"deletionPolicy is Orphan: Infisical connection {name} was kept.")]
-        if res.paused:
-            self.forget(res.uid)
-            return [Event("Warning", "ReconcilePaused", f"Paused: Infisical connection {name} was left in place.")]
-        try:
-            store = await self._store_for(res)
-        except errors.InfisicalCredentialsMissing:
-            if res.uid not in self._tenant_stores:
-                raise
-            store = self._tenant_stores[res.uid]
-        connection_id = res.status.id or self._guard.answered_id(res.uid)
-        if connection_id is None:
-            found, claim = await self._claim_for_deletion(res, store)
-            if found is None or claim is None:
-                self.forget(res.uid)
-                return [
-                    Event("Normal", "NothingToDelete", "No Infisical connection was ever recorded for this resource.")
-                ]
-            if not claim.ours:
-                self.forget(res.uid)
-                return [ownership.left_in_place("connection", found.name, found.id, claim)]
-            connection_id = found.id
-        deleted = await store.delete(connection_id)
-        # Only now: a failed delete is retried, and may need the remembered identity store again.
-        self.forget(res.uid)
-        verb = "Deleted" if deleted else "AlreadyGone"
-        detail = "deleted" if deleted else "was already gone"
-        return [Event("Normal", verb, f"Infisical connection {name} ({connection_id}) {detail}.")]
-
-    # -- steps ----------------------------------------------------------------------------------------------------
-    async def _verify(self, res: Resource, *, fresh: bool) -> tuple[str, str, OctopusIdentity, str]:
+    async def _verify(self, res: Resource, *, fresh: bool) -> Verified:
         url = normalize_instance_url(res.spec.instance_url)
         ref = res.spec.api_key_secret_ref
         secret = await self._secrets.read_secret(res.namespace, ref.name)
@@ -625,7 +489,30 @@ class ConnectionReconciler:
             raise errors.MalformedApiKey(
                 f'Secret {res.namespace}/{ref.name}, key "{ref.data_key()}": {exc.message}'
             ) from None
-        return api_key, secret.resource_version, identity, url
+        return Verified(api_key, secret.resource_version, identity, url)
+
+    # -- observe ------------------------------------------------------------------------------------------------
+    async def observe(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        prepared: Verified,
+        now: datetime,
+        first_patch: FirstPatch | None,
+    ) -> ConnectionObservation:
+        if status.refused_write is not None and not _refusal_holds(res, status.refused_write, prepared.secret_version):
+            status.refused_write = None  # something changed since: the request may be sent again
+        store = await self._store_for(res)
+        remote, lookup = await self.find(
+            res, store, now, first_patch, lambda found, sent: self._differences(res, found, sent, prepared.url)
+        )
+        recreate = bool(res.status.id) and remote is None
+        return ConnectionObservation(remote=remote, store=store, recreate=recreate, lookup=lookup)
+
+    def _differences(self, res: Resource, found: AppConnection, sent: tuple[str, str | None], url: str) -> list[str]:
+        return ignored_by_infisical(
+            found, name=sent[0], description=res.spec.description, project_id=sent[1], instance_url=url
+        )
 
     async def _store_for(self, res: Resource) -> ConnectionStore:
         identity = await read_identity(self._secrets, res.namespace, res.spec.infisical)
@@ -641,46 +528,130 @@ class ConnectionReconciler:
             return res.status.secret_resource_version != secret_version
         return known != key_digest(api_key)
 
-    async def _sync(
+    # -- create -------------------------------------------------------------------------------------------------
+    async def create(
         self,
         res: Resource,
         status: OctopusDeployConnectionStatus,
-        store: ConnectionStore,
-        api_key: str,
-        secret_version: str,
-        url: str,
+        prepared: Verified,
+        observed: ConnectionObservation,
         now: datetime,
-        first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
     ) -> tuple[AppConnection, Event | None]:
-        name, description = res.connection_name, res.spec.description
-        remote: AppConnection | None = None
-        recreate = False
-        if res.status.id:
-            remote = await store.get(res.status.id)
-            recreate = remote is None
+        """No connection is recorded: adopt the one an unanswered create of ours made, or create it."""
+        name, project_id = res.connection_name, res.spec.project_id
+        lookup, store = observed.lookup, observed.store
+        found, claim = (lookup.found, lookup.claim) if lookup is not None else (None, None)
+        sent = lookup.sent if lookup is not None else None
+        if found is not None and claim is not None and (claim.ours or sent == (name, project_id)):
+            # A create of ours may have succeeded without us hearing back: what it made is settled, not made again.
+            return await self._settle(res, store, found, claim, prepared)
+        remote, claim = await self.send_create(
+            res,
+            status,
+            store,
+            now,
+            lambda: self.send_once(
+                res,
+                status,
+                "create",
+                prepared.secret_version,
+                lambda: store.create(
+                    name=name,
+                    description=res.spec.description,
+                    project_id=project_id,
+                    instance_url=prepared.url,
+                    api_key=prepared.api_key,
+                ),
+            ),
+            evidence=lookup.evidence if lookup is not None else ownership.Evidence(None),
+            differences=lambda found: self._differences(res, found, (name, project_id), prepared.url),
+        )
+        if claim is not None:
+            return await self._settle(res, store, remote, claim, prepared)
+        if observed.recreate:
+            message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
+            return remote, Event("Warning", "DriftRepaired", message)
+        return remote, Event("Normal", "Created", f"Created Infisical connection {name} ({remote.id}).")
 
-        answered = None if recreate else self._guard.answered_id(res.uid)
-        if remote is None and answered is not None:
-            remote = await store.get(answered)  # ours: only the status write was missed
-            if remote is None:
-                self._guard.recorded(res.uid)  # deleted since: create it again
-        if remote is None:
-            return await self._create(res, status, store, api_key, secret_version, url, now, first_patch, recreate)
+    async def _settle(
+        self, res: Resource, store: ConnectionStore, found: AppConnection, claim: ownership.Claim, prepared: Verified
+    ) -> tuple[AppConnection, Event]:
+        """Adopt a connection shown to be ours; anything else is taken over only as ``_take_over`` allows."""
+        if not claim.ours:
+            return await self._take_over(res, store, found, prepared)
+        remote = await self._adopt(res, store, found, prepared)
+        # Only now: a failed update keeps the memory as it was, and the next try claims again.
+        self._guard.answered(
+            self.target(res), found.id, name=found.name, project_id=found.project_id, now=self._clock()
+        )
+        message = f"Adopted Infisical connection {found.name} ({found.id}): {claim.why}."
+        return remote, Event("Normal", "Adopted", message)
 
-        key_changed = self._key_changed(res, api_key, secret_version)
+    async def _take_over(
+        self, res: Resource, store: ConnectionStore, existing: AppConnection, prepared: Verified
+    ) -> tuple[AppConnection, Event]:
+        """A connection under our name that this resource did not create: take it only when asked to."""
+        name = res.connection_name
+        others = sorted(set(self._owners_of(existing.id)) - {res.ref})
+        if others:
+            # Never take over another resource's connection, whatever the annotation says: two resources
+            # would overwrite each other's key, and deleting either would delete the other's connection.
+            raise errors.NameConflict(
+                f'Infisical connection "{name}" ({existing.id}) is managed by OctopusDeployConnection '
+                f"{others[0]}. Choose another spec.connectionName."
+            )
+        if not res.adopt_existing:
+            raise errors.NameConflict(
+                f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
+                f"not create. Choose another spec.connectionName, or annotate the resource with "
+                f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'
+            )
+        remote = await self._adopt(res, store, existing, prepared)
+        return remote, Event("Normal", "Adopted", f"Took over existing connection {name} ({remote.id}).")
+
+    async def _adopt(
+        self, res: Resource, store: ConnectionStore, remote: AppConnection, prepared: Verified
+    ) -> AppConnection:
+        """Make an adopted connection match, credentials included: what it holds was never recorded here."""
         plan = plan_update(
             remote=remote,
-            desired_name=name,
-            desired_description=description,
-            instance_url=url,
-            key_changed=key_changed,
+            desired_name=res.connection_name,
+            desired_description=res.spec.description,
+            instance_url=prepared.url,
+            key_changed=True,
+            recorded_hash=None,
+        )
+        return await _apply(store, remote.id, plan, prepared) if not plan.empty else remote
+
+    # -- update -------------------------------------------------------------------------------------------------
+    async def update(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        prepared: Verified,
+        observed: ConnectionObservation,
+        now: datetime,
+    ) -> tuple[AppConnection, Event | None]:
+        """PATCH only what differs: credentials only when they really changed (see the module doc)."""
+        remote = observed.remote
+        assert remote is not None  # the engine updates only what was found
+        plan = plan_update(
+            remote=remote,
+            desired_name=res.connection_name,
+            desired_description=res.spec.description,
+            instance_url=prepared.url,
+            key_changed=self._key_changed(res, prepared.api_key, prepared.secret_version),
             recorded_hash=res.status.credentials_hash,
         )
         if plan.empty:
             return remote, None
         try:
-            updated = await self._write(
-                res, status, "update", secret_version, lambda: self._apply(store, remote.id, plan, url, api_key)
+            updated = await self.send_once(
+                res,
+                status,
+                "update",
+                prepared.secret_version,
+                lambda: _apply(observed.store, remote.id, plan, prepared),
             )
         except errors.NameConflict as exc:
             if plan.name is None:
@@ -696,236 +667,159 @@ class ConnectionReconciler:
         changed = [label for label, on in _plan_labels(plan) if on]
         return updated, Event("Normal", "Updated", f"Updated {', '.join(changed)} of connection {updated.id}.")
 
-    async def _create(
+    def refusal_holds(self, res: Resource, refused: RefusedWrite, request: str) -> bool:
+        return _refusal_holds(res, refused, request)
+
+    def refusal(
+        self, res: Resource, operation: engine.Operation, request: str, error: errors.OctoconnError
+    ) -> RefusedWrite:
+        return _refusal(res, operation, request, error)
+
+    def remembered(self, refused: RefusedWrite) -> errors.OctoconnError:
+        return _REFUSALS.get(refused.reason, errors.InfisicalRejected)(refused.message)
+
+    # -- the outcome --------------------------------------------------------------------------------------------
+    def failed(
+        self, res: Resource, status: OctopusDeployConnectionStatus, error: errors.OctoconnError, now: datetime
+    ) -> engine.Synced:
+        message = error.message
+        if isinstance(error, errors.InfisicalAuthFailed):
+            if res.spec.infisical is None or res.spec.infisical.credentials_secret_ref is None:
+                # Not something the resource's owner can fix: say whose credentials these are.
+                message = (
+                    f"The operator's own Infisical identity was refused; its administrators must fix it. {message}"
+                )
+            return "False", error.reason, message
+        # An outage says nothing about the connection itself, which Infisical still holds: Unknown, not False.
+        state: ConditionStatus = "Unknown" if error.retry in TRANSIENT else "False"
+        if status.refused_write is not None and status.refused_write.reason == error.reason:
+            message = f"{message.rstrip('.')}. {_NOT_SENT_AGAIN}"
+        return state, error.reason, message
+
+    def record(
         self,
         res: Resource,
         status: OctopusDeployConnectionStatus,
-        store: ConnectionStore,
-        api_key: str,
-        secret_version: str,
-        url: str,
+        prepared: Verified,
+        remote: AppConnection,
+        action: Event | None,
         now: datetime,
-        first_patch: Callable[[], Awaitable[Mapping[str, str]]] | None,
-        recreate: bool,
-    ) -> tuple[AppConnection, Event]:
-        """No connection is recorded: adopt the one an unanswered create of ours made, or create it."""
-        name, project_id = res.connection_name, res.spec.project_id
-        evidence, sent = ownership.Evidence(None), (name, project_id)
-        if not recreate:
-            target = _target(res)
-            marker, written = await self._guard.marker(target, now, first_patch)
-            evidence, sent = self._guard.evidence(target, marker, written)
-        if evidence.sent_after is not None:
-            # A create of ours may have succeeded without us hearing back: look before creating again.
-            found = await store.get_by_name(sent[0], project_id=sent[1])
-            if found is not None:
-                claim = self._claim(res, found, evidence, sent, url, now)
-                if claim.ours or sent == (name, project_id):
-                    return await self._settle(res, store, found, claim, api_key, url)
-        # No name lookup otherwise: a create costs one paced write, a lookup one paced read more. Infisical refuses
-        # a taken name, and only then is it worth looking at who holds it.
+    ) -> engine.Verdict:
+        self._pushed_keys[res.uid] = key_digest(prepared.api_key)
+        status.id = remote.id
+        status.version = remote.version
+        status.credentials_hash = remote.credentials_hash
+        status.org_id = remote.org_id
+        status.project_id = remote.project_id
+        status.connection_name = remote.name
+        status.instance_url = remote.instance_url
+        status.secret_resource_version = prepared.secret_version
+        ignored = ignored_by_infisical(
+            remote,
+            name=res.connection_name,
+            description=res.spec.description,
+            project_id=res.spec.project_id,
+            instance_url=prepared.url,
+        )
+        if ignored:
+            return self._ignored(res, status, prepared, remote, action, ignored)
+        status.last_synced_time = rfc3339(now)
+        status.refused_write = None
+        reason = action.reason if action is not None and action.reason == "DriftRepaired" else "UpToDate"
+        # What was done goes into its Event; the condition says how things stand, so that the next check, which
+        # finds them the same, has nothing to write.
+        matches = f"Infisical connection {remote.name} ({remote.id}) matches."
+        message = action.message if action is not None and reason == "DriftRepaired" else matches
+        return engine.Verdict(("True", reason, message))
+
+    @staticmethod
+    def _ignored(
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        prepared: Verified,
+        remote: AppConnection,
+        action: Event | None,
+        ignored: list[str],
+    ) -> engine.Verdict:
+        """Infisical said yes but did not do all of it (an older release drops what it does not know): the resource
+        is not what was asked, so it is not Ready, and the same request is not sent again for nothing."""
+        error = errors.InfisicalIgnoredRequest(
+            f"Infisical answered with success but {'; '.join(ignored)}. Connection {remote.name} ({remote.id})"
+        )
+        if action is not None:
+            operation: engine.Operation = "create" if action.reason == "Created" else "update"
+            status.refused_write = _refusal(res, operation, prepared.secret_version, error)
+        message = error.message
+        if status.refused_write is not None:
+            message = f"{message}. {_NOT_SENT_AGAIN}"
+        return engine.Verdict(("False", error.reason, message), error=error)
+
+    def summarize(self, res: Resource, status: OctopusDeployConnectionStatus, now: datetime) -> list[Condition]:
+        return summarize_ready(status.conditions or [], generation=res.generation, now=now)
+
+    def events(self, res: Resource, status: OctopusDeployConnectionStatus) -> list[Event]:
+        return key_expiry_events(res.status, status, window=self._key_expiry_warning)
+
+    # -- the rest of the adapter ----------------------------------------------------------------------------------
+    def target(self, res: Resource) -> Target:
+        return Target(
+            plural=PLURAL,
+            namespace=res.namespace,
+            name=res.name,
+            uid=res.uid,
+            annotations=res.annotations,
+            create_name=res.connection_name,
+            create_project=res.spec.project_id,
+            legacy_marker=res.status.pending_create,
+        )
+
+    async def get(self, store: ConnectionStore, remote_id: str) -> AppConnection | None:
+        return await store.get(remote_id)
+
+    async def lookup(
+        self, res: Resource, store: ConnectionStore, name: str, project_id: str | None
+    ) -> AppConnection | None:
+        return await store.get_by_name(name, project_id=project_id)
+
+    def remote_name(self, res: Resource) -> str:
+        return res.connection_name
+
+    def orphan(self, res: Resource) -> bool:
+        return res.spec.effective_deletion_policy() == "Orphan"
+
+    async def finalizer_store(self, res: Resource) -> ConnectionStore:
         try:
-            remote = await self._send_create(res, status, store, api_key, secret_version, url, now)
-        except errors.NameConflict:
-            existing = await store.get_by_name(name, project_id=project_id)
-            if existing is None:
+            return await self._store_for(res)
+        except errors.InfisicalCredentialsMissing:
+            if res.uid not in self._tenant_stores:
                 raise
-            status.refused_write = None  # the name's holder decides now, not the create
-            claim = self._claim(res, existing, evidence, (name, project_id), url, now)
-            if not claim.ours:
-                await self._guard.refused(_target(res), evidence=evidence)
-            return await self._settle(res, store, existing, claim, api_key, url)
-        if recreate:
-            message = f"Connection {res.status.id} was deleted in Infisical; recreated it as {remote.id}."
-            return remote, Event("Warning", "DriftRepaired", message)
-        return remote, Event("Normal", "Created", f"Created Infisical connection {name} ({remote.id}).")
+            return self._tenant_stores[res.uid]
 
-    def _claim(
-        self,
-        res: Resource,
-        found: AppConnection,
-        evidence: ownership.Evidence,
-        sent: tuple[str, str | None],
-        url: str,
-        now: datetime,
-    ) -> ownership.Claim:
-        differences = ignored_by_infisical(
-            found, name=sent[0], description=res.spec.description, project_id=sent[1], instance_url=url
-        )
-        return ownership.claim(
-            me=_ref(res),
-            recorders=self._owners_of(found.id),
-            created_at=found.created_at,
-            differences=differences,
-            evidence=evidence,
-            now=now,
-        )
-
-    async def _settle(
-        self,
-        res: Resource,
-        store: ConnectionStore,
-        found: AppConnection,
-        claim: ownership.Claim,
-        api_key: str,
-        url: str,
-    ) -> tuple[AppConnection, Event]:
-        """Adopt a connection shown to be ours; anything else is taken over only as ``_take_over`` allows."""
-        if not claim.ours:
-            return await self._take_over(res, store, found, api_key, url)
-        remote = await self._update(res, store, found, api_key, url, key_changed=True)
-        # Only now: a failed update keeps the memory as it was, and the next try claims again.
-        self._guard.answered(_target(res), found.id, name=found.name, project_id=found.project_id, now=self._clock())
-        message = f"Adopted Infisical connection {found.name} ({found.id}): {claim.why}."
-        return remote, Event("Normal", "Adopted", message)
-
-    async def _send_create(
-        self,
-        res: Resource,
-        status: OctopusDeployConnectionStatus,
-        store: ConnectionStore,
-        api_key: str,
-        secret_version: str,
-        url: str,
-        now: datetime,
-    ) -> AppConnection:
-        name, project_id = res.connection_name, res.spec.project_id
-        target = _target(res)
-        self._guard.sending(target, now)
-        try:
-            remote = await self._write(
-                res,
-                status,
-                "create",
-                secret_version,
-                lambda: store.create(
-                    name=name,
-                    description=res.spec.description,
-                    project_id=project_id,
-                    instance_url=url,
-                    api_key=api_key,
-                ),
-            )
-        except errors.NameConflict:
-            raise  # the caller looks at who holds the name
-        except errors.OctoconnError as exc:
-            if exc.retry not in _TRANSIENT:
-                await self._guard.refused(target, evidence=ownership.Evidence(None))  # a definite refusal made nothing
-            raise
-        self._guard.answered(target, remote.id, name=name, project_id=project_id, now=now)
-        return remote
-
-    async def _claim_for_deletion(
-        self, res: Resource, store: ConnectionStore
-    ) -> tuple[AppConnection | None, ownership.Claim | None]:
-        """Nothing recorded: the connection a create of ours may have made, and whether it is provably ours."""
-        evidence, sent, marker = self._guard.carried_evidence(_target(res))
-        if evidence.sent_after is None and marker is None:
-            return None, None
-        try:
-            found = await store.get_by_name(sent[0], project_id=sent[1])
-        except errors.NameConflict:
-            return None, None  # another app's connection holds the name: the interrupted create made nothing
-        if found is None:
-            return None, None
+    def deletion_differences(self, res: Resource, found: AppConnection, sent: tuple[str, str | None]) -> list[str]:
         try:
             url = normalize_instance_url(res.spec.instance_url)
         except errors.OctoconnError:
             url = res.spec.instance_url
-        return found, self._claim(res, found, evidence, sent, url, self._clock())
+        return self._differences(res, found, sent, url)
 
-    async def _write(
-        self,
-        res: Resource,
-        status: OctopusDeployConnectionStatus,
-        operation: Literal["create", "update"],
-        secret_version: str,
-        call: Callable[[], Awaitable[AppConnection]],
-    ) -> AppConnection:
-        """Send a create or update, unless Infisical already refused it for good and nothing has changed since."""
-        refused = status.refused_write
-        if refused is not None and refused.operation == operation and _refusal_holds(res, refused, secret_version):
-            raise _remembered(refused)
-        try:
-            return await call()
-        except errors.InfisicalRejected as exc:  # 400/422: sending the same again would get the same answer
-            status.refused_write = _refusal(res, operation, secret_version, exc)
-            raise
-
-    async def _take_over(
-        self, res: Resource, store: ConnectionStore, existing: AppConnection, api_key: str, url: str
-    ) -> tuple[AppConnection, Event]:
-        """A connection under our name that this resource did not create: take it only when asked to."""
-        name = res.connection_name
-        others = sorted(set(self._owners_of(existing.id)) - {f"{res.namespace}/{res.name}"})
-        if others:
-            # Never take over another resource's connection, whatever the annotation says: two resources
-            # would overwrite each other's key, and deleting either would delete the other's connection.
-            raise errors.NameConflict(
-                f'Infisical connection "{name}" ({existing.id}) is managed by OctopusDeployConnection '
-                f"{others[0]}. Choose another spec.connectionName."
-            )
-        if not res.adopt_existing:
-            raise errors.NameConflict(
-                f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
-                f"not create. Choose another spec.connectionName, or annotate the resource with "
-                f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'
-            )
-        remote = await self._update(res, store, existing, api_key, url, key_changed=True)
-        return remote, Event("Normal", "Adopted", f"Took over existing connection {name} ({remote.id}).")
-
-    async def _update(
-        self, res: Resource, store: ConnectionStore, remote: AppConnection, api_key: str, url: str, *, key_changed: bool
-    ) -> AppConnection:
-        plan = plan_update(
-            remote=remote,
-            desired_name=res.connection_name,
-            desired_description=res.spec.description,
-            instance_url=url,
-            key_changed=key_changed,
-            recorded_hash=None,
-        )
-        return await self._apply(store, remote.id, plan, url, api_key) if not plan.empty else remote
-
-    @staticmethod
-    async def _apply(
-        store: ConnectionStore, connection_id: str, plan: PatchPlan, url: str, api_key: str
-    ) -> AppConnection:
-        kwargs: dict[str, Any] = {}
-        if plan.name is not None:
-            kwargs["name"] = plan.name
-        if plan.description_changed:
-            kwargs["description"] = plan.description
-        if plan.push_credentials:
-            kwargs["credentials"] = (url, api_key)
-        return await store.update(connection_id, **kwargs)
-
-    def _finish(
-        self,
-        res: Resource,
-        status: OctopusDeployConnectionStatus,
-        now: datetime,
-        *,
-        synced: tuple[ConditionStatus, str, str],
-        error: errors.OctoconnError | None = None,
-    ) -> Outcome:
-        state, reason, message = synced
-        status.conditions = set_condition(
-            status.conditions,
-            type_=SYNCED,
-            status=state,
-            reason=reason,
-            message=message,
-            generation=res.generation,
-            now=now,
-        )
-        status.conditions = summarize_ready(status.conditions, generation=res.generation, now=now)
-        expiry = key_expiry_events(res.status, status, window=self._key_expiry_warning)
-        events = transition_events(res.status, status) + expiry
-        return Outcome(status=status, events=events, error=error)
+    async def delete(self, res: Resource, store: ConnectionStore, remote_id: str) -> list[Event]:
+        deleted = await store.delete(remote_id)
+        verb = "Deleted" if deleted else "AlreadyGone"
+        detail = "deleted" if deleted else "was already gone"
+        return [Event("Normal", verb, f"Infisical connection {res.connection_name} ({remote_id}) {detail}.")]
 
 
-_TRANSIENT = TRANSIENT
+async def _apply(store: ConnectionStore, connection_id: str, plan: PatchPlan, prepared: Verified) -> AppConnection:
+    kwargs: dict[str, Any] = {}
+    if plan.name is not None:
+        kwargs["name"] = plan.name
+    if plan.description_changed:
+        kwargs["description"] = plan.description
+    if plan.push_credentials:
+        kwargs["credentials"] = (prepared.url, prepared.api_key)
+    return await store.update(connection_id, **kwargs)
+
+
 _NOT_SENT_AGAIN = (
     "This request is not sent again until the resource or its Secret changes; after fixing the cause in Infisical, "
     "set the annotation octoconn.dev/reconcile-requested-at to a new value to retry now."
@@ -955,32 +849,6 @@ def _refusal_holds(res: Resource, refused: RefusedWrite, secret_version: str) ->
         secret_version,
         res.reconcile_requested_at,
     )
-
-
-def _remembered(refused: RefusedWrite) -> errors.InfisicalError:
-    return _REFUSALS.get(refused.reason, errors.InfisicalRejected)(refused.message)
-
-
-_PAUSED_MESSAGE = (
-    'Paused by the annotation octoconn.dev/paused="true": no calls to Octopus or Infisical. Remove it to resume.'
-)
-
-
-def _target(res: Resource) -> Target:
-    return Target(
-        plural=PLURAL,
-        namespace=res.namespace,
-        name=res.name,
-        uid=res.uid,
-        annotations=res.annotations,
-        create_name=res.connection_name,
-        create_project=res.spec.project_id,
-        legacy_marker=res.status.pending_create,
-    )
-
-
-def _ref(res: Resource) -> str:
-    return f"{res.namespace}/{res.name}"
 
 
 def _plan_labels(plan: PatchPlan) -> list[tuple[str, bool]]:

@@ -34,7 +34,7 @@ from octoconn.models import (
 )
 from octoconn.octopus import OctopusClient
 from octoconn.pacing import WritePacer
-from octoconn.reconcile import ConnectionReconciler, Resource, SecretReader, deletion_blocked
+from octoconn.reconcile import ConnectionReconciler, Resource, SecretReader
 from octoconn.settings import Settings
 from octoconn.sync import PeerSync, SyncReconciler, SyncResource
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
@@ -120,7 +120,7 @@ class ConnectionLifecycle:
         return await self.reconciler.reconcile(res, fresh=fresh, first_patch=first_patch)
 
     def needs_write(self, res: Resource, outcome: Outcome[Any], now: float) -> bool:
-        return needs_write(res.status, outcome.status, now)
+        return self.reconciler.needs_write(res, outcome, now)
 
     def status_patch(self, res: Resource) -> dict[str, Any]:
         return res.status.to_patch()
@@ -129,7 +129,8 @@ class ConnectionLifecycle:
         return await self.reconciler.finalize(res)
 
     def deletion_blocked(self, res: Resource, error: errors.OctoconnError, now: datetime) -> tuple[Status, list[Event]]:
-        return deletion_blocked(res, error, now)
+        status, events = self.reconciler.deletion_blocked(res, error, now)
+        return status, events
 
     def observe(self, res: Resource, outcome: Outcome[Any] | None, seconds: float) -> None:
         if outcome is None:
