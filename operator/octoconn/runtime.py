@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from octoconn import errors, metrics, sync
+from octoconn import errors, metrics
 from octoconn.apikeys import SecretData
 from octoconn.conditions import Event, HasConditions, Outcome, jittered, parse_time, retry_delay, utcnow
 from octoconn.infisical import InfisicalClient, KubernetesAuth, UniversalAuth
@@ -193,7 +193,7 @@ class SyncLifecycle:
     def needs_write(self, res: SyncResource, outcome: Outcome[Any], now: float) -> bool:
         # Nothing is written in the middle of a pass (the create marker rides in Kopf's first patch), so the status
         # the pass started from is the one stored: a pass that changes nothing writes nothing.
-        return bool(outcome.status != res.status)
+        return self.reconciler.needs_write(res, outcome, now)
 
     def status_patch(self, res: SyncResource) -> dict[str, Any]:
         return res.status.to_patch()
@@ -204,7 +204,8 @@ class SyncLifecycle:
     def deletion_blocked(
         self, res: SyncResource, error: errors.OctoconnError, now: datetime
     ) -> tuple[Status, list[Event]]:
-        return sync.deletion_blocked(res, error, now)
+        status, events = self.reconciler.deletion_blocked(res, error, now)
+        return status, events
 
     # Per-sync series of their own (docs/monitoring.md); the reconcile counters describe connections.
     def observe(self, res: SyncResource, outcome: Outcome[Any] | None, seconds: float) -> None:

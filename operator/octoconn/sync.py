@@ -26,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from octoconn import conditions, errors, ownership
+from octoconn import conditions, engine, errors, ownership
 from octoconn.apikeys import api_key_from
 from octoconn.conditions import (
     READY,
@@ -41,12 +41,11 @@ from octoconn.conditions import (
     parse_time,
     set_condition,
     summarize,
-    transition_events,
     utcnow,
 )
-from octoconn.engine import AnnotationWriter, CreateGuard, FirstPatch, Target
+from octoconn.engine import SYNCED, AnnotationWriter, FirstPatch, Target
 from octoconn.models import (
-    ANNOTATION_PAUSED,
+    Condition,
     OctopusDeployConnectionSpec,
     OctopusDeployConnectionStatus,
     PendingCreate,
@@ -64,7 +63,6 @@ from octoconn.sync_models import (
 )
 
 DESTINATION_VERIFIED = "DestinationVerified"
-SYNCED = "Synced"
 
 # While Infisical works (pending/running) the status is read again after these delays, the last one repeating.
 POLL_DELAYS = (2.0, 3.0, 5.0, 8.0, 10.0)
@@ -131,42 +129,23 @@ class PeerSync:
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SyncResource:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    created: str
+@dataclass(frozen=True, kw_only=True)
+class SyncResource(engine.ManagedResource[OctopusDeploySecretSyncStatus]):
+    created: str  # metadata.creationTimestamp
     spec: OctopusDeploySecretSyncSpec
-    status: OctopusDeploySecretSyncStatus
-    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> SyncResource:
-        meta = body.get("metadata", {})
         return cls(
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
-            uid=meta.get("uid", ""),
-            generation=int(meta.get("generation") or 0),
-            created=str(meta.get("creationTimestamp") or ""),
+            **cls.meta_of(body),
+            created=str(body.get("metadata", {}).get("creationTimestamp") or ""),
             spec=OctopusDeploySecretSyncSpec.model_validate(body.get("spec") or {}),
             status=OctopusDeploySecretSyncStatus.model_validate(body.get("status") or {}),
-            annotations=dict(meta.get("annotations") or {}),
         )
-
-    @property
-    def ref(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
     @property
     def sync_name(self) -> str:
         return self.spec.sync_name or self.name
-
-    @property
-    def paused(self) -> bool:
-        return self.annotations.get(ANNOTATION_PAUSED, "").strip().lower() == "true"
 
     @property
     def sync_request(self) -> str | None:
@@ -434,9 +413,33 @@ def sync_state(
     return "Unknown", "NotSynced", f"Infisical has not synced into {destination} yet (status {status or 'none'})."
 
 
-# --- the reconciler ----------------------------------------------------------------------------------------------
-class SyncReconciler:
-    """Runs one reconcile or finalize pass for an OctopusDeploySecretSync. Long-lived: one per operator process."""
+# --- the adapter -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` found: the Ready connection, the store of its Infisical identity and its Octopus key."""
+
+    connection: Connection
+    store: SyncStore
+    api_key: str
+
+    @property
+    def connection_id(self) -> str:
+        assert self.connection.status.id is not None  # a Ready connection has one
+        return self.connection.status.id
+
+
+@dataclass(kw_only=True)
+class SyncObservation(engine.Observation[SecretSync]):
+    desired: dict[str, Any]  # the complete create body for this spec
+    adopted: Event | None = None  # the sync an unanswered create of ours made, adopted
+    rerun: bool = False  # a failed run is due to be run again
+
+
+class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObservation, SecretSync, SyncStore]):
+    """The secret sync's adapter (``octoconn.engine`` runs the pass). Long-lived: one per operator process."""
+
+    what = "secret sync"
+    short = "sync"
 
     def __init__(
         self,
@@ -455,164 +458,26 @@ class SyncReconciler:
         ``owners_of(sync_id)``: the ``namespace/name`` of every OctopusDeploySecretSync that records that sync.
         ``rerun_failed_after``: a run that failed is tried again (destination checked first) this long after the
         operator's last request, so a cause fixed in Octopus clears without anyone asking."""
+        super().__init__(writer=status_writer, owners_of=owners_of, clock=clock)
         self._rerun_failed_after = rerun_failed_after
-        self._owners_of = owners_of
         self._connections = connections
         self._secrets = secrets
         self._octopus = octopus
         self._stores = stores
         self._status_writer = status_writer
         self._peers_at = peers_at
-        self._clock = clock
-        self._guard = CreateGuard(status_writer)
         self._polls: dict[str, int] = {}  # uid -> status reads while Infisical is still working
         self._last_stores: dict[str, SyncStore] = {}  # uid -> store, for a finalizer outliving its connection
 
     def forget(self, uid: str) -> None:
-        self._guard.forget(uid)
+        super().forget(uid)
         self._polls.pop(uid, None)
         self._last_stores.pop(uid, None)
 
-    def remember_marker(self, uid: str, marker: str) -> None:
-        """This process wrote ``marker`` for the resource (with Kopf's first patch): no earlier create can exist."""
-        self._guard.remember_marker(uid, marker)
-
-    async def reconcile(self, res: SyncResource, *, first_patch: FirstPatch | None = None) -> Outcome:
-        """One pass. ``first_patch``: waits for the resource's first patch (finalizer and create marker)."""
-        now = self._clock()
-        status = res.status.model_copy(deep=True)
-        status.observed_generation = res.generation
-        status.pending_create = None  # the marker lives in an annotation now; clear what earlier versions wrote
-        if res.status.id:
-            self._guard.recorded(res.uid)
-        if res.paused:
-            message = (
-                f'Paused by the annotation {ANNOTATION_PAUSED}="true": no calls to Octopus or Infisical. '
-                "Remove it to resume."
-            )
-            return self._finish(res, status, now, synced=("False", "ReconcilePaused", message))
-
-        try:
-            connection, store, api_key = await self._connection(res)
-        except errors.OctoconnError as exc:
-            return self._waiting(res, status, now, exc)
-
-        destination_ok = self._verified(res, status, connection)
-        try:
-            assert connection.status.id is not None  # a Ready connection has one
-            remote, adopted = await self._find(res, store, connection.status.id, now, first_patch)
-            rerun = remote is not None and self._rerun_due(remote, status, now)
-            if not destination_ok or remote is None or rerun:
-                await self._verify_destination(res, status, connection, api_key, now)
-            else:
-                self._check_conflicts(res, status)
-            assert status.destination is not None  # set by the verification
-            desired = desired_body(res, connection.status.id, status.destination)
-            remote, action = await self._write(res, status, store, remote, desired, now)
-            action = adopted or action
-            if action is not None:
-                status.handled_sync_request = res.sync_request  # the write itself runs a sync
-            remote = await self._requested_sync(res, status, store, remote, rerun=rerun and action is None)
-        except (errors.OctopusError, errors.ConflictingSync) as exc:
-            return self._destination_failed(res, status, now, exc)
-        except errors.OctoconnError as exc:
-            transient = exc.retry in TRANSIENT
-            return self._finish(
-                res, status, now, synced=("Unknown" if transient else "False", exc.reason, exc.message), error=exc
-            )
-
-        self._last_stores[res.uid] = store
-        status.id = remote.id
-        status.sync_name = remote.name
-        status.connection_id = remote.connection_id
-        status.sync_status = remote.sync_status
-        status.last_synced_at = remote.last_synced_at
-        status.remove_status = remote.remove_status
-        status.refused_write = None
-        where = _where(status.destination)
-        state = sync_state(remote, requested_at=status.requested_at, destination=where, secrets=(api_key,))
-        status.last_sync_message = (
-            readable_message(remote.last_sync_message, (api_key,)) if remote.last_sync_message else None
-        )
-        error: errors.OctoconnError | None = None
-        requeue: float | None = None
-        if state[1] == "SyncFailed":
-            error = errors.SyncFailed(state[2])
-            self._polls.pop(res.uid, None)
-        elif state[0] == "Unknown":
-            polls = self._polls.get(res.uid, 0)
-            self._polls[res.uid] = polls + 1
-            requeue = POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)]
-        else:
-            self._polls.pop(res.uid, None)
-        outcome = self._finish(res, status, now, synced=state, error=error)
-        outcome.requeue_after = requeue
-        if action is not None:
-            outcome.events.insert(0, action)
-        return outcome
-
-    async def finalize(self, res: SyncResource) -> list[Event]:
-        """Delete the Infisical sync unless the policy is Orphan; with removeSecrets, only once Octopus is cleaned.
-
-        Raises to retry (the finalizer stays): ``RemovingSecrets`` while Infisical removes the variables, or the
-        error that blocks the deletion.
-        """
-        name = res.sync_name
-        if res.spec.effective_deletion_policy() == "Orphan":
-            self.forget(res.uid)
-            return [Event("Normal", "Orphaned", f"deletionPolicy is Orphan: Infisical secret sync {name} was kept.")]
-        if res.paused:
-            self.forget(res.uid)
-            return [Event("Warning", "ReconcilePaused", f"Paused: Infisical secret sync {name} was left in place.")]
-        store = await self._finalizer_store(res)
-        sync_id = res.status.id or self._guard.answered_id(res.uid)
-        if sync_id is None:
-            found, claim = await self._claim_for_deletion(res, store)
-            if found is not None and claim is not None and not claim.ours:
-                self.forget(res.uid)
-                return [ownership.left_in_place("secret sync", found.name, found.id, claim)]
-            sync_id = found.id if found is not None else None
-        if sync_id is None:
-            self.forget(res.uid)
-            return [Event("Normal", "NothingToDelete", "No Infisical secret sync was ever recorded for this resource.")]
-        if not res.spec.remove_secrets:
-            deleted = await store.delete_sync(sync_id, remove_secrets=False)
-            self.forget(res.uid)
-            detail = "deleted; its variables stay in Octopus" if deleted else "was already gone"
-            return [
-                Event("Normal", "Deleted" if deleted else "AlreadyGone", f"Secret sync {name} ({sync_id}) {detail}.")
-            ]
-
-        remote = await store.get_sync(sync_id)
-        if remote is None:
-            self.forget(res.uid)
-            return [
-                Event("Normal", "Deleted", f"Secret sync {name} ({sync_id}) removed its variables and was deleted.")
-            ]
-        if remote.remove_status in ("pending", "running"):
-            raise RemovingSecrets(f"Infisical is removing the variables of secret sync {name} from Octopus.")
-        failed_before = remote.remove_status == "failed"
-        try:
-            remaining = await store.delete_sync(sync_id, remove_secrets=True)
-        except errors.InfisicalRejected as exc:
-            if "in progress" in exc.message:
-                raise RemovingSecrets(f"A sync of {name} is running; the removal starts when it ends.") from None
-            raise
-        if remaining is None:
-            self.forget(res.uid)
-            return [
-                Event("Normal", "Deleted", f"Secret sync {name} ({sync_id}) removed its variables and was deleted.")
-            ]
-        if failed_before:
-            raise RemovalFailed(
-                f"Infisical could not remove the variables from Octopus: "
-                f"{readable_message(remote.last_remove_message)}. Asked again; to delete the sync and leave its "
-                "variables, set spec.removeSecrets to false"
-            )
-        raise RemovingSecrets(f"Infisical is removing the variables of secret sync {name} from Octopus.")
-
-    # -- steps ----------------------------------------------------------------------------------------------------
-    async def _connection(self, res: SyncResource) -> tuple[Connection, SyncStore, str]:
+    # -- prepare: the connection ----------------------------------------------------------------------------------
+    async def prepare(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime, *, fresh: bool
+    ) -> Prepared:
         ref = res.spec.connection_ref.name
         body = await self._connections.read_connection(res.namespace, ref)
         if body is None:
@@ -634,19 +499,90 @@ class SyncReconciler:
             )
         identity = await read_identity(self._secrets, res.namespace, connection.spec.infisical)
         store = self._stores.default() if identity is None else self._stores.for_identity(**identity)
-        secret_ref = connection.spec.api_key_secret_ref
+        return Prepared(connection, store, await self._api_key(res, connection))
+
+    async def _api_key(self, res: SyncResource, connection: Connection) -> str:
+        ref, secret_ref = connection.name, connection.spec.api_key_secret_ref
         secret = await self._secrets.read_secret(res.namespace, secret_ref.name)
         try:
             if secret is None:
                 raise errors.SecretNotFound(f"Secret {res.namespace}/{secret_ref.name} was not found")
             # The very reading the connection does (Infisical's trim): the key it verified is the key used here.
-            api_key = api_key_from(secret, namespace=res.namespace, name=secret_ref.name, key=secret_ref.data_key())
+            return api_key_from(secret, namespace=res.namespace, name=secret_ref.name, key=secret_ref.data_key())
         except errors.OctoconnError as exc:
             raise errors.ConnectionNotReady(
                 f"The API key of connection {ref} cannot be read ({exc.message.rstrip('.')}); waiting for the "
                 "connection to be Ready again"
             ) from None
-        return connection, store, api_key
+
+    def unprepared(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, error: errors.OctoconnError, now: datetime
+    ) -> engine.Synced:
+        if status.condition(DESTINATION_VERIFIED) is None:
+            status.conditions = set_condition(
+                status.conditions,
+                type_=DESTINATION_VERIFIED,
+                status="Unknown",
+                reason=error.reason,
+                message="The destination is verified with the connection's key once the connection is Ready.",
+                generation=res.generation,
+                now=now,
+            )
+        waiting = error.retry in TRANSIENT or error.reason == "ConnectionNotReady"
+        return "Unknown" if waiting else "False", error.reason, error.message
+
+    # -- observe: the sync and its destination --------------------------------------------------------------------
+    async def observe(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        prepared: Prepared,
+        now: datetime,
+        first_patch: FirstPatch | None,
+    ) -> SyncObservation:
+        destination_ok = self._verified(res, status, prepared.connection)
+        remote, adopted = await self._find(res, prepared, now, first_patch)
+        rerun = remote is not None and self._rerun_due(remote, status, now)
+        if not destination_ok or remote is None or rerun:
+            await self._verify_destination(res, status, prepared.connection, prepared.api_key, now)
+        else:
+            self._check_conflicts(res, status)
+        assert status.destination is not None  # set by the verification
+        desired = desired_body(res, prepared.connection_id, status.destination)
+        return SyncObservation(remote=remote, desired=desired, adopted=adopted, rerun=rerun)
+
+    async def _find(
+        self, res: SyncResource, prepared: Prepared, now: datetime, first_patch: FirstPatch | None
+    ) -> tuple[SecretSync | None, Event | None]:
+        """The recorded sync; or, when a create of ours may have succeeded unanswered, the one it made."""
+        remote, lookup = await self.find(
+            res,
+            prepared.store,
+            now,
+            first_patch,
+            lambda found, _: self._differences(res, found, prepared.connection_id),
+        )
+        if lookup is None or lookup.found is None or lookup.claim is None:
+            return remote, None
+        found, claim = lookup.found, lookup.claim
+        if claim.ours:
+            self._guard.answered(self.target(res), found.id, name=found.name, project_id=found.project_id, now=now)
+            return found, Event("Normal", "Adopted", f"Adopted secret sync {found.name} ({found.id}): {claim.why}.")
+        if lookup.sent[0] == res.sync_name:
+            raise _name_taken(res, found, claim)
+        return None, None
+
+    @staticmethod
+    def _differences(res: SyncResource, found: SecretSync, connection_id: str | None) -> list[str]:
+        """What a sync found under this resource's name holds that this resource's create would not have sent."""
+        differences = []
+        if connection_id and found.connection_id != connection_id:
+            differences.append(f"it uses connection {found.connection_id}, not {connection_id}")
+        destination = res.status.destination
+        remote_project = found.destination_config.get("projectId")
+        if destination is not None and destination.project_id and remote_project != destination.project_id:
+            differences.append(f"it syncs into Octopus project {remote_project}, not {destination.project_id}")
+        return differences
 
     @staticmethod
     def _verified(res: SyncResource, status: OctopusDeploySecretSyncStatus, connection: Connection) -> bool:
@@ -661,66 +597,6 @@ class SyncReconciler:
             and destination.instance_url == connection.status.instance_url
             and status.connection_id == connection.status.id
         )
-
-    async def _find(
-        self, res: SyncResource, store: SyncStore, connection_id: str, now: datetime, first_patch: FirstPatch | None
-    ) -> tuple[SecretSync | None, Event | None]:
-        """The recorded sync; or, when a create of ours may have succeeded unanswered, the one it made."""
-        if res.status.id:
-            return await store.get_sync(res.status.id), None  # None: deleted in Infisical, recreated below
-        answered = self._guard.answered_id(res.uid)
-        if answered is not None:
-            found = await store.get_sync(answered)  # ours: only the status write was missed
-            if found is not None:
-                return found, None
-            self._guard.recorded(res.uid)  # deleted since: create it again
-        target = _target(res)
-        marker, written = await self._guard.marker(target, now, first_patch)
-        evidence, sent = self._guard.evidence(target, marker, written)
-        if evidence.sent_after is None:
-            return None, None  # no create of ours can exist: create without looking the name up first
-        found = await store.get_sync_by_name(sent[0], project_id=sent[1] or res.spec.source.project_id)
-        if found is None:
-            return None, None
-        claim = self._claim(res, found, evidence, connection_id)
-        if claim.ours:
-            self._guard.answered(target, found.id, name=found.name, project_id=found.project_id, now=now)
-            return found, Event("Normal", "Adopted", f"Adopted secret sync {found.name} ({found.id}): {claim.why}.")
-        if sent[0] == res.sync_name:
-            raise _name_taken(res, found, claim)
-        return None, None
-
-    def _claim(
-        self, res: SyncResource, found: SecretSync, evidence: ownership.Evidence, connection_id: str | None
-    ) -> ownership.Claim:
-        """Whether a sync found under this resource's name is its own (octoconn.ownership)."""
-        differences = []
-        if connection_id and found.connection_id != connection_id:
-            differences.append(f"it uses connection {found.connection_id}, not {connection_id}")
-        destination = res.status.destination
-        remote_project = found.destination_config.get("projectId")
-        if destination is not None and destination.project_id and remote_project != destination.project_id:
-            differences.append(f"it syncs into Octopus project {remote_project}, not {destination.project_id}")
-        return ownership.claim(
-            me=res.ref,
-            recorders=self._owners_of(found.id),
-            created_at=found.created_at,
-            differences=differences,
-            evidence=evidence,
-            now=self._clock(),
-        )
-
-    async def _claim_for_deletion(
-        self, res: SyncResource, store: SyncStore
-    ) -> tuple[SecretSync | None, ownership.Claim | None]:
-        """Nothing recorded: the sync a create of ours may have made, and whether it is provably ours."""
-        evidence, sent, marker = self._guard.carried_evidence(_target(res))
-        if evidence.sent_after is None and marker is None:
-            return None, None
-        found = await store.get_sync_by_name(sent[0], project_id=sent[1] or res.spec.source.project_id)
-        if found is None:
-            return None, None
-        return found, self._claim(res, found, evidence, res.status.connection_id)
 
     async def _verify_destination(
         self,
@@ -777,98 +653,100 @@ class SyncReconciler:
                 f"{res.name.upper().replace('-', '_')}_{{{{secretKey}}}}."
             )
 
-    async def _write(
+    # -- create and update ----------------------------------------------------------------------------------------
+    async def create(
         self,
         res: SyncResource,
         status: OctopusDeploySecretSyncStatus,
-        store: SyncStore,
-        remote: SecretSync | None,
-        desired: dict[str, Any],
+        prepared: Prepared,
+        observed: SyncObservation,
         now: datetime,
     ) -> tuple[SecretSync, Event | None]:
-        if remote is None:
-            created = await self._create(res, status, store, desired, now)
-            status.requested_at = created.updated_at or created.created_at
-            if not res.spec.auto_sync:
-                created = await store.trigger_sync(created.id) or created
-            recreated = res.status.id is not None
-            verb = f"Secret sync {res.status.id} was deleted in Infisical; recreated it as" if recreated else "Created"
-            event = Event(
-                "Warning" if recreated else "Normal",
-                "DriftRepaired" if recreated else "Created",
-                f"{verb} secret sync {created.name} ({created.id}) into {_where(status.destination)}.",
-            )
-            return created, event
-        patch = plan_patch(desired, remote)
-        if not patch:
-            return remote, None
-        updated = await self._send(res, status, "update", patch, lambda: store.update_sync(remote.id, patch))
-        status.requested_at = updated.updated_at
+        """Send the create (no name lookup first: Infisical refuses a taken name, and only then do we look)."""
+        desired, store = observed.desired, prepared.store
+        # A recreate (the recorded sync was deleted in Infisical) has no earlier create to recognise: as for
+        # connections, the old marker proves nothing about a same-named sync made since.
+        evidence = ownership.Evidence(None) if res.status.id else self._guard.carried_evidence(self.target(res))[0]
+        created, claim = await self.send_create(
+            res,
+            status,
+            store,
+            now,
+            lambda: self.send_once(res, status, "create", request_digest(desired), lambda: store.create_sync(desired)),
+            evidence=evidence,
+            differences=lambda found: self._differences(res, found, desired["connectionId"]),
+        )
+        if claim is not None:
+            if not claim.ours:
+                raise _name_taken(res, created, claim)
+            self.answered(res, created.id, now)
+        status.requested_at = created.updated_at or created.created_at
         if not res.spec.auto_sync:
-            updated = await store.trigger_sync(updated.id) or updated
-        return updated, Event("Normal", "Updated", f"Updated {', '.join(sorted(patch))} of secret sync {updated.id}.")
+            created = await store.trigger_sync(created.id) or created
+        recreated = res.status.id is not None
+        verb = f"Secret sync {res.status.id} was deleted in Infisical; recreated it as" if recreated else "Created"
+        event = Event(
+            "Warning" if recreated else "Normal",
+            "DriftRepaired" if recreated else "Created",
+            f"{verb} secret sync {created.name} ({created.id}) into {_where(status.destination)}.",
+        )
+        return await self._after_write(res, status, store, created, event, rerun=False)
 
-    async def _create(
+    async def update(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        prepared: Prepared,
+        observed: SyncObservation,
+        now: datetime,
+    ) -> tuple[SecretSync, Event | None]:
+        """PATCH what differs, nothing when nothing differs; then the sync run a request or a failure asks for."""
+        remote, store = observed.remote, prepared.store
+        assert remote is not None  # the engine updates only what was found
+        patch = plan_patch(observed.desired, remote)
+        action: Event | None = None
+        if patch:
+            sync_id = remote.id
+            remote = await self.send_once(
+                res, status, "update", request_digest(patch), lambda: store.update_sync(sync_id, patch)
+            )
+            status.requested_at = remote.updated_at
+            if not res.spec.auto_sync:
+                remote = await store.trigger_sync(remote.id) or remote
+            action = Event("Normal", "Updated", f"Updated {', '.join(sorted(patch))} of secret sync {remote.id}.")
+        action = observed.adopted or action
+        return await self._after_write(res, status, store, remote, action, rerun=observed.rerun and action is None)
+
+    async def _after_write(
         self,
         res: SyncResource,
         status: OctopusDeploySecretSyncStatus,
         store: SyncStore,
-        desired: dict[str, Any],
-        now: datetime,
-    ) -> SecretSync:
-        """Send the create (no name lookup first: Infisical refuses a taken name, and only then do we look)."""
-        target = _target(res)
-        # A recreate (the recorded sync was deleted in Infisical) has no earlier create to recognise: as for
-        # connections, the old marker proves nothing about a same-named sync made since.
-        evidence = ownership.Evidence(None) if res.status.id else self._guard.carried_evidence(target)[0]
-        self._guard.sending(target, now)
-        try:
-            created = await self._send(res, status, "create", desired, lambda: store.create_sync(desired))
-        except errors.NameConflict:
-            existing = await store.get_sync_by_name(desired["name"], project_id=desired["projectId"])
-            if existing is None:
-                raise
-            status.refused_write = None  # the name's holder decides now, not the create
-            claim = self._claim(res, existing, evidence, desired["connectionId"])
-            if not claim.ours:
-                await self._guard.refused(target, evidence=evidence)
-                raise _name_taken(res, existing, claim) from None
-            created = existing
-        except errors.OctoconnError as exc:
-            if exc.retry not in TRANSIENT:
-                await self._guard.refused(target, evidence=ownership.Evidence(None))  # a definite refusal made nothing
-            raise
-        self._guard.answered(target, created.id, name=created.name, project_id=created.project_id, now=now)
-        return created
+        remote: SecretSync,
+        action: Event | None,
+        *,
+        rerun: bool,
+    ) -> tuple[SecretSync, Event | None]:
+        if action is not None:
+            status.handled_sync_request = res.sync_request  # the write itself runs a sync
+        return await self._requested_sync(res, status, store, remote, rerun=rerun), action
 
-    async def _send(
-        self,
-        res: SyncResource,
-        status: OctopusDeploySecretSyncStatus,
-        operation: Literal["create", "update"],
-        body: Mapping[str, Any],
-        call: Callable[[], Awaitable[SecretSync]],
-    ) -> SecretSync:
-        """Send a create or update, unless Infisical refused this very request for good and nothing has changed."""
-        digest = request_digest(body)
-        refused = status.refused_write
-        if refused is not None and (refused.operation, refused.request, refused.sync_requested_at) == (
-            operation,
-            digest,
-            res.sync_request,
-        ):
-            raise errors.InfisicalRejected(f"{refused.message.rstrip('.')}. {_NOT_SENT_AGAIN}")
-        try:
-            return await call()
-        except errors.InfisicalRejected as exc:  # 400/422: the same request would get the same answer
-            status.refused_write = SyncRefusedWrite(
-                operation=operation,
-                request=digest,
-                sync_requested_at=res.sync_request,
-                reason=exc.reason,
-                message=exc.message,
-            )
-            raise
+    def refusal_holds(self, res: SyncResource, refused: SyncRefusedWrite, request: str) -> bool:
+        return (refused.request, refused.sync_requested_at) == (request, res.sync_request)
+
+    def refusal(
+        self, res: SyncResource, operation: engine.Operation, request: str, error: errors.OctoconnError
+    ) -> SyncRefusedWrite:
+        return SyncRefusedWrite(
+            operation=operation,
+            request=request,
+            sync_requested_at=res.sync_request,
+            reason=error.reason,
+            message=error.message,
+        )
+
+    def remembered(self, refused: SyncRefusedWrite) -> errors.OctoconnError:
+        return errors.InfisicalRejected(f"{refused.message.rstrip('.')}. {_NOT_SENT_AGAIN}")
 
     def _rerun_due(self, remote: SecretSync, status: OctopusDeploySecretSyncStatus, now: datetime) -> bool:
         """A failed run is run again once its cause may have been fixed: at a check this long after our request."""
@@ -897,7 +775,101 @@ class SyncReconciler:
         status.requested_at = triggered.updated_at
         return triggered
 
-    async def _finalizer_store(self, res: SyncResource) -> SyncStore:
+    # -- the outcome ----------------------------------------------------------------------------------------------
+    def failed(
+        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, error: errors.OctoconnError, now: datetime
+    ) -> engine.Synced:
+        state: ConditionStatus = "Unknown" if error.retry in TRANSIENT else "False"
+        if not isinstance(error, errors.OctopusError | errors.ConflictingSync):
+            return state, error.reason, error.message
+        left = "The Infisical sync was left as it is." if status.id else "Nothing was created in Infisical."
+        message = f"{error.message.rstrip('.')}. {left}"
+        status.conditions = set_condition(
+            status.conditions,
+            type_=DESTINATION_VERIFIED,
+            status=state,
+            reason=error.reason,
+            message=message,
+            generation=res.generation,
+            now=now,
+        )
+        return state, error.reason, message
+
+    def record(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        prepared: Prepared,
+        remote: SecretSync,
+        action: Event | None,
+        now: datetime,
+    ) -> engine.Verdict:
+        """Infisical's view of the sync: ``Synced`` is True only for a success after the operator's last write."""
+        self._last_stores[res.uid] = prepared.store
+        status.id = remote.id
+        status.sync_name = remote.name
+        status.connection_id = remote.connection_id
+        status.sync_status = remote.sync_status
+        status.last_synced_at = remote.last_synced_at
+        status.remove_status = remote.remove_status
+        status.refused_write = None
+        secrets = (prepared.api_key,)
+        where = _where(status.destination)
+        state = sync_state(remote, requested_at=status.requested_at, destination=where, secrets=secrets)
+        status.last_sync_message = (
+            readable_message(remote.last_sync_message, secrets) if remote.last_sync_message else None
+        )
+        if state[1] == "SyncFailed":
+            self._polls.pop(res.uid, None)
+            return engine.Verdict(state, error=errors.SyncFailed(state[2]))
+        if state[0] == "Unknown":
+            polls = self._polls.get(res.uid, 0)
+            self._polls[res.uid] = polls + 1
+            return engine.Verdict(state, requeue_after=POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)])
+        self._polls.pop(res.uid, None)
+        return engine.Verdict(state)
+
+    def summarize(self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime) -> list[Condition]:
+        return summarize(
+            status.conditions or [],
+            (DESTINATION_VERIFIED, SYNCED),
+            ready_reason="Available",
+            ready_message=f"Infisical syncs {_source(res)} into {_where(status.destination)}.",
+            generation=res.generation,
+            now=now,
+        )
+
+    # -- the rest of the adapter ----------------------------------------------------------------------------------
+    def target(self, res: SyncResource) -> Target:
+        legacy = res.status.pending_create
+        return Target(
+            plural=PLURAL,
+            namespace=res.namespace,
+            name=res.name,
+            uid=res.uid,
+            annotations=res.annotations,
+            create_name=res.sync_name,
+            create_project=res.spec.source.project_id,
+            legacy_marker=(
+                PendingCreate(name=legacy.name, project_id=res.spec.source.project_id, started_at=legacy.started_at)
+                if legacy is not None
+                else None
+            ),
+        )
+
+    async def get(self, store: SyncStore, remote_id: str) -> SecretSync | None:
+        return await store.get_sync(remote_id)
+
+    async def lookup(self, res: SyncResource, store: SyncStore, name: str, project_id: str | None) -> SecretSync | None:
+        return await store.get_sync_by_name(name, project_id=project_id or res.spec.source.project_id)
+
+    def remote_name(self, res: SyncResource) -> str:
+        return res.sync_name
+
+    def orphan(self, res: SyncResource) -> bool:
+        return res.spec.effective_deletion_policy() == "Orphan"
+
+    async def finalizer_store(self, res: SyncResource) -> SyncStore:
         body = await self._connections.read_connection(res.namespace, res.spec.connection_ref.name)
         if body is None:
             # The connection went first (a namespace being deleted): use the identity this sync last used.
@@ -911,70 +883,44 @@ class SyncReconciler:
             raise
         return self._stores.default() if identity is None else self._stores.for_identity(**identity)
 
-    # -- status ---------------------------------------------------------------------------------------------------
-    def _waiting(
-        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime, exc: errors.OctoconnError
-    ) -> Outcome:
-        if status.condition(DESTINATION_VERIFIED) is None:
-            status.conditions = set_condition(
-                status.conditions,
-                type_=DESTINATION_VERIFIED,
-                status="Unknown",
-                reason=exc.reason,
-                message="The destination is verified with the connection's key once the connection is Ready.",
-                generation=res.generation,
-                now=now,
+    def deletion_differences(self, res: SyncResource, found: SecretSync, sent: tuple[str, str | None]) -> list[str]:
+        return self._differences(res, found, res.status.connection_id)
+
+    async def delete(self, res: SyncResource, store: SyncStore, remote_id: str) -> list[Event]:
+        """Delete the sync; with removeSecrets, only once Octopus is cleaned: raises ``RemovingSecrets`` while
+        Infisical removes the variables, or the error that blocks the deletion."""
+        name = res.sync_name
+        if not res.spec.remove_secrets:
+            deleted = await store.delete_sync(remote_id, remove_secrets=False)
+            detail = "deleted; its variables stay in Octopus" if deleted else "was already gone"
+            verb = "Deleted" if deleted else "AlreadyGone"
+            return [Event("Normal", verb, f"Secret sync {name} ({remote_id}) {detail}.")]
+        gone = [Event("Normal", "Deleted", f"Secret sync {name} ({remote_id}) removed its variables and was deleted.")]
+        remote = await store.get_sync(remote_id)
+        if remote is None:
+            return gone
+        if remote.remove_status in ("pending", "running"):
+            raise RemovingSecrets(f"Infisical is removing the variables of secret sync {name} from Octopus.")
+        try:
+            remaining = await store.delete_sync(remote_id, remove_secrets=True)
+        except errors.InfisicalRejected as exc:
+            if "in progress" in exc.message:
+                raise RemovingSecrets(f"A sync of {name} is running; the removal starts when it ends.") from None
+            raise
+        if remaining is None:
+            return gone
+        if remote.remove_status == "failed":
+            raise RemovalFailed(
+                f"Infisical could not remove the variables from Octopus: "
+                f"{readable_message(remote.last_remove_message)}. Asked again; to delete the sync and leave its "
+                "variables, set spec.removeSecrets to false"
             )
-        state: ConditionStatus = "Unknown" if exc.retry in TRANSIENT or exc.reason == "ConnectionNotReady" else "False"
-        return self._finish(res, status, now, synced=(state, exc.reason, exc.message), error=exc)
+        raise RemovingSecrets(f"Infisical is removing the variables of secret sync {name} from Octopus.")
 
-    def _destination_failed(
-        self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime, exc: errors.OctoconnError
-    ) -> Outcome:
-        transient = exc.retry in TRANSIENT
-        state: ConditionStatus = "Unknown" if transient else "False"
-        left = "The Infisical sync was left as it is." if status.id else "Nothing was created in Infisical."
-        message = f"{exc.message.rstrip('.')}. {left}"
-        status.conditions = set_condition(
-            status.conditions,
-            type_=DESTINATION_VERIFIED,
-            status=state,
-            reason=exc.reason,
-            message=message,
-            generation=res.generation,
-            now=now,
-        )
-        status.pending_create = None
-        return self._finish(res, status, now, synced=(state, exc.reason, message), error=exc)
-
-    def _finish(
-        self,
-        res: SyncResource,
-        status: OctopusDeploySecretSyncStatus,
-        now: datetime,
-        *,
-        synced: tuple[ConditionStatus, str, str],
-        error: errors.OctoconnError | None = None,
-    ) -> Outcome:
-        state, reason, message = synced
-        status.conditions = set_condition(
-            status.conditions,
-            type_=SYNCED,
-            status=state,
-            reason=reason,
-            message=message,
-            generation=res.generation,
-            now=now,
-        )
-        status.conditions = summarize(
-            status.conditions,
-            (DESTINATION_VERIFIED, SYNCED),
-            ready_reason="Available",
-            ready_message=f"Infisical syncs {_source(res)} into {_where(status.destination)}.",
-            generation=res.generation,
-            now=now,
-        )
-        return Outcome(status=status, events=transition_events(res.status, status), error=error)
+    def deletion_wait(self, error: errors.OctoconnError) -> tuple[str, str]:
+        if isinstance(error, RemovingSecrets):
+            return "RemovingSecrets", f"{error.message} The resource goes once Infisical confirms it."
+        return super().deletion_wait(error)
 
 
 class RemovingSecrets(errors.OctoconnError):
@@ -987,31 +933,6 @@ class RemovingSecrets(errors.OctoconnError):
 class RemovalFailed(errors.OctoconnError):
     reason = "RemovalFailed"
     retry = errors.Retry.BACKOFF
-
-
-def deletion_blocked(
-    res: SyncResource, error: errors.OctoconnError, now: datetime
-) -> tuple[OctopusDeploySecretSyncStatus, list[Event]]:
-    """Status and Event while the finalizer waits: for a removal in progress, or for a failure to clear."""
-    if isinstance(error, RemovingSecrets):
-        reason, message = "RemovingSecrets", f"{error.message} The resource goes once Infisical confirms it."
-    else:
-        reason = "DeletionBlocked"
-        message = (
-            f"Deleting the Infisical secret sync failed ({error.reason}): {error.message}. The operator keeps trying; "
-            "to finish the deletion and leave the sync in Infisical, set spec.deletionPolicy to Orphan."
-        )
-    status = res.status.model_copy(deep=True)
-    status.conditions = set_condition(
-        status.conditions,
-        type_=READY,
-        status="False",
-        reason=reason,
-        message=message,
-        generation=res.generation,
-        now=now,
-    )
-    return status, transition_events(res.status, status)
 
 
 def _source(res: SyncResource) -> str:
@@ -1033,24 +954,6 @@ _NOT_SENT_AGAIN = (
 def request_digest(body: Mapping[str, Any]) -> str:
     """A stable fingerprint of a request body, to tell the same request from a changed one."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _target(res: SyncResource) -> Target:
-    legacy = res.status.pending_create
-    return Target(
-        plural=PLURAL,
-        namespace=res.namespace,
-        name=res.name,
-        uid=res.uid,
-        annotations=res.annotations,
-        create_name=res.sync_name,
-        create_project=res.spec.source.project_id,
-        legacy_marker=(
-            PendingCreate(name=legacy.name, project_id=res.spec.source.project_id, started_at=legacy.started_at)
-            if legacy is not None
-            else None
-        ),
-    )
 
 
 def _name_taken(res: SyncResource, existing: SecretSync, claim: ownership.Claim) -> errors.NameConflict:
