@@ -45,7 +45,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
+
+from pydantic import BaseModel
 
 from octoconn import errors, ownership
 from octoconn.conditions import (
@@ -224,7 +226,7 @@ StatusT = TypeVar("StatusT", bound=ManagedStatus)
 
 @dataclass(frozen=True, kw_only=True)
 class ManagedResource(Generic[StatusT]):
-    """What the engine reads of every managed resource; each kind adds its spec."""
+    """What the engine reads of every managed resource; each kind adds its ``spec`` field and models."""
 
     namespace: str
     name: str
@@ -233,9 +235,17 @@ class ManagedResource(Generic[StatusT]):
     status: StatusT
     annotations: Mapping[str, str] = field(default_factory=dict)
 
-    @staticmethod
-    def meta_of(body: Mapping[str, Any]) -> dict[str, Any]:
-        """The metadata fields, as keyword arguments for a kind's ``from_body``."""
+    # The kind's spec and status models, which ``from_body`` parses.
+    spec_model: ClassVar[type[BaseModel]]
+    status_model: ClassVar[type[ManagedStatus]]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
+        return cls(**cls.fields_of(body))
+
+    @classmethod
+    def fields_of(cls, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The dataclass's fields from an object as the API server returns it."""
         meta = body.get("metadata", {})
         return {
             "namespace": meta.get("namespace", ""),
@@ -243,6 +253,8 @@ class ManagedResource(Generic[StatusT]):
             "uid": meta.get("uid", ""),
             "generation": int(meta.get("generation") or 0),
             "annotations": dict(meta.get("annotations") or {}),
+            "spec": cls.spec_model.model_validate(body.get("spec") or {}),
+            "status": cls.status_model.model_validate(body.get("status") or {}),
         }
 
     @property
@@ -326,6 +338,7 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
     operator process. Statuses are ``ManagedStatus`` models with ``id``, ``refused_write`` and ``pending_create``.
     """
 
+    plural: ClassVar[str]  # the kind's resource plural
     what: ClassVar[str]  # the remote object in Events and messages: "connection", "secret sync"
     short: ClassVar[str]  # the same in "leave the ... in Infisical"
     heartbeats: ClassVar[tuple[str, ...]] = ()  # status check times refreshed at most hourly (``needs_write``)
@@ -615,9 +628,26 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
         """Events the kind adds to a pass besides ``Ready``'s transition."""
         return []
 
-    @abstractmethod
     def target(self, res: ResT) -> Target:
         """What the create protocol needs to know of the resource."""
+        return Target(
+            plural=self.plural,
+            namespace=res.namespace,
+            name=res.name,
+            uid=res.uid,
+            annotations=res.annotations,
+            create_name=self.remote_name(res),
+            create_project=self.project_of(res),
+            legacy_marker=self.legacy_marker(res),
+        )
+
+    @abstractmethod
+    def project_of(self, res: ResT) -> str | None:
+        """The Infisical project a create sends."""
+
+    @abstractmethod
+    def legacy_marker(self, res: ResT) -> PendingCreate | None:
+        """The create marker earlier versions wrote into status, read once (the engine clears it)."""
 
     @abstractmethod
     async def get(self, store: StoreT, remote_id: str) -> RemoteT | None:
@@ -640,7 +670,8 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
         """The error a kept refusal stands for, raised instead of sending the request again."""
 
     @abstractmethod
-    def remote_name(self, res: ResT) -> str: ...
+    def remote_name(self, res: ResT) -> str:
+        """The remote object's name, as a create sends it."""
 
     @abstractmethod
     def orphan(self, res: ResT) -> bool:

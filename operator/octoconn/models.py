@@ -354,18 +354,20 @@ class RefusedWrite(Refusal):
     ] = None
 
 
+def conditions_field(summarised: str) -> Any:
+    """``status.conditions``: a list keyed by type, whose description names the kind's condition types."""
+    return Field(
+        description=f"Ready (summary), {summarised} and Synced.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
 class ManagedStatus(_Model):
     """What every managed kind's status has: the generation last reconciled and the conditions. Each kind's status
     declares ``conditions`` again, only to name its own condition types in the schema's description."""
 
     observed_generation: Annotated[int | None, Field(description="metadata.generation last reconciled.", ge=0)] = None
-    conditions: Annotated[
-        list[Condition] | None,
-        Field(
-            description="Ready (summary) and the conditions it summarises.",
-            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        ),
-    ] = None
+    conditions: Annotated[list[Condition] | None, conditions_field("the conditions it summarises,")] = None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions or [] if c.type == type_), None)
@@ -436,13 +438,7 @@ class OctopusDeployConnectionStatus(ManagedStatus):
             "sent again until the resource, its Secret or octoconn.dev/reconcile-requested-at changes."
         ),
     ] = None
-    conditions: Annotated[
-        list[Condition] | None,
-        Field(
-            description="Ready (summary), CredentialsVerified and Synced.",
-            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        ),
-    ] = None
+    conditions: Annotated[list[Condition] | None, conditions_field("CredentialsVerified")] = None
 
 
 # Rules that need metadata.name live at the top level of the schema.

@@ -41,7 +41,7 @@ from octoconn.conditions import (
     summarize,
     utcnow,
 )
-from octoconn.engine import FirstPatch, Target, parse_marker
+from octoconn.engine import FirstPatch, parse_marker
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
     ANNOTATION_PENDING_CREATE,
@@ -116,14 +116,8 @@ class StatusWriter(Protocol):
 @dataclass(frozen=True, kw_only=True)
 class Resource(engine.ManagedResource[OctopusDeployConnectionStatus]):
     spec: OctopusDeployConnectionSpec
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Resource:
-        return cls(
-            **cls.meta_of(body),
-            spec=OctopusDeployConnectionSpec.model_validate(body.get("spec") or {}),
-            status=OctopusDeployConnectionStatus.model_validate(body.get("status") or {}),
-        )
+    spec_model = OctopusDeployConnectionSpec
+    status_model = OctopusDeployConnectionStatus
 
     @property
     def connection_name(self) -> str:
@@ -374,6 +368,7 @@ class ConnectionReconciler(
 ):
     """The connection's adapter (``octoconn.engine`` runs the pass). Long-lived: one per operator process."""
 
+    plural = PLURAL
     what = "connection"
     short = "connection"
     heartbeats = ("last_verified_time", "last_synced_time")
@@ -761,17 +756,11 @@ class ConnectionReconciler(
         return key_expiry_events(res.status, status, window=self._key_expiry_warning)
 
     # -- the rest of the adapter ----------------------------------------------------------------------------------
-    def target(self, res: Resource) -> Target:
-        return Target(
-            plural=PLURAL,
-            namespace=res.namespace,
-            name=res.name,
-            uid=res.uid,
-            annotations=res.annotations,
-            create_name=res.connection_name,
-            create_project=res.spec.project_id,
-            legacy_marker=res.status.pending_create,
-        )
+    def project_of(self, res: Resource) -> str | None:
+        return res.spec.project_id
+
+    def legacy_marker(self, res: Resource) -> PendingCreate | None:
+        return res.status.pending_create
 
     async def get(self, store: ConnectionStore, remote_id: str) -> AppConnection | None:
         return await store.get(remote_id)

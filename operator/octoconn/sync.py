@@ -43,13 +43,14 @@ from octoconn.conditions import (
     summarize,
     utcnow,
 )
-from octoconn.engine import SYNCED, AnnotationWriter, FirstPatch, Target
+from octoconn.engine import SYNCED, AnnotationWriter, FirstPatch
 from octoconn.models import (
     Condition,
-    OctopusDeployConnectionSpec,
-    OctopusDeployConnectionStatus,
     PendingCreate,
 )
+
+# The referenced OctopusDeployConnection, read as the connection's own pass reads it.
+from octoconn.reconcile import Resource as Connection
 from octoconn.reconcile import SecretReader, read_identity
 from octoconn.remote import Named, OctopusDestination, PermissionGrant, SecretSync, normalize_instance_url
 from octoconn.sync_models import (
@@ -133,15 +134,12 @@ class PeerSync:
 class SyncResource(engine.ManagedResource[OctopusDeploySecretSyncStatus]):
     created: str  # metadata.creationTimestamp
     spec: OctopusDeploySecretSyncSpec
+    spec_model = OctopusDeploySecretSyncSpec
+    status_model = OctopusDeploySecretSyncStatus
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> SyncResource:
-        return cls(
-            **cls.meta_of(body),
-            created=str(body.get("metadata", {}).get("creationTimestamp") or ""),
-            spec=OctopusDeploySecretSyncSpec.model_validate(body.get("spec") or {}),
-            status=OctopusDeploySecretSyncStatus.model_validate(body.get("status") or {}),
-        )
+    def fields_of(cls, body: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().fields_of(body), "created": str(body.get("metadata", {}).get("creationTimestamp") or "")}
 
     @property
     def sync_name(self) -> str:
@@ -151,28 +149,6 @@ class SyncResource(engine.ManagedResource[OctopusDeploySecretSyncStatus]):
     def sync_request(self) -> str | None:
         value = self.annotations.get(ANNOTATION_SYNC_REQUESTED_AT, "").strip()
         return value or None
-
-
-@dataclass(frozen=True)
-class Connection:
-    """The parts of the referenced OctopusDeployConnection a sync relies on."""
-
-    namespace: str
-    name: str
-    spec: OctopusDeployConnectionSpec
-    status: OctopusDeployConnectionStatus
-    generation: int
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Connection:
-        meta = body.get("metadata", {})
-        return cls(
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
-            spec=OctopusDeployConnectionSpec.model_validate(body.get("spec") or {}),
-            status=OctopusDeployConnectionStatus.model_validate(body.get("status") or {}),
-            generation=int(meta.get("generation") or 0),
-        )
 
 
 # --- pure decisions ----------------------------------------------------------------------------------------------
@@ -438,6 +414,7 @@ class SyncObservation(engine.Observation[SecretSync]):
 class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObservation, SecretSync, SyncStore]):
     """The secret sync's adapter (``octoconn.engine`` runs the pass). Long-lived: one per operator process."""
 
+    plural = PLURAL
     what = "secret sync"
     short = "sync"
 
@@ -840,22 +817,14 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         )
 
     # -- the rest of the adapter ----------------------------------------------------------------------------------
-    def target(self, res: SyncResource) -> Target:
+    def project_of(self, res: SyncResource) -> str | None:
+        return res.spec.source.project_id
+
+    def legacy_marker(self, res: SyncResource) -> PendingCreate | None:
         legacy = res.status.pending_create
-        return Target(
-            plural=PLURAL,
-            namespace=res.namespace,
-            name=res.name,
-            uid=res.uid,
-            annotations=res.annotations,
-            create_name=res.sync_name,
-            create_project=res.spec.source.project_id,
-            legacy_marker=(
-                PendingCreate(name=legacy.name, project_id=res.spec.source.project_id, started_at=legacy.started_at)
-                if legacy is not None
-                else None
-            ),
-        )
+        if legacy is None:
+            return None
+        return PendingCreate(name=legacy.name, project_id=res.spec.source.project_id, started_at=legacy.started_at)
 
     async def get(self, store: SyncStore, remote_id: str) -> SecretSync | None:
         return await store.get_sync(remote_id)

@@ -24,6 +24,7 @@ from octoconn.models import (
     _spec_config,
     _with_rules,
     cel,
+    conditions_field,
     pattern_rule,
 )
 
@@ -340,13 +341,7 @@ class OctopusDeploySecretSyncStatus(ManagedStatus):
             "(spec or connection) or octoconn.dev/sync-requested-at changes."
         ),
     ] = None
-    conditions: Annotated[
-        list[Condition] | None,
-        Field(
-            description="Ready (summary), DestinationVerified and Synced.",
-            json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        ),
-    ] = None
+    conditions: Annotated[list[Condition] | None, conditions_field("DestinationVerified")] = None
 
 
 ROOT_VALIDATIONS = [
