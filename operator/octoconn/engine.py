@@ -20,7 +20,8 @@ remote object. The engine owns, the same way for both kinds:
 3. ``create`` when nothing was found, else ``update``: make the remote object match and return it with the Event
    of what was done (``update`` sends nothing and returns None for the Event when it already matches). A create
    goes through ``send_create``, a write Infisical may refuse for good through ``send_once``.
-4. ``record``: copy what the remote object holds into status and judge it: ``Synced``, an error, a requeue.
+4. ``record``: judge the remote object, once the engine has copied its id and ``copied`` fields into status:
+   ``Synced``, an error, a requeue.
 
 A failure in 2 or 3 ends the pass through ``failed``. On deletion the engine calls ``finalizer_store`` and, only for
 an object this resource can show is its own, ``delete``; each of these raises to be retried.
@@ -342,6 +343,8 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
     what: ClassVar[str]  # the remote object in Events and messages: "connection", "secret sync"
     short: ClassVar[str]  # the same in "leave the ... in Infisical"
     heartbeats: ClassVar[tuple[str, ...]] = ()  # status check times refreshed at most hourly (``needs_write``)
+    # status field -> attribute of the remote object: copied into status after every write or read-back
+    copied: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self, *, writer: AnnotationWriter, owners_of: Callable[[str], Iterable[str]], clock: Callable[[], datetime]
@@ -379,6 +382,9 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
                 remote, action = await self.update(res, status, prepared, observed, now)
         except errors.OctoconnError as exc:
             return self.finish(res, status, now, synced=self.failed(res, status, exc, now), error=exc)
+        status.id = remote.id
+        for name, attribute in self.copied.items():
+            setattr(status, name, getattr(remote, attribute))
         verdict = self.record(res, status, prepared, remote, action, now)
         outcome = self.finish(res, status, now, synced=verdict.synced, error=verdict.error)
         outcome.requeue_after = verdict.requeue_after
@@ -618,7 +624,7 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
     def record(
         self, res: ResT, status: Any, prepared: PrepT, remote: RemoteT, action: Event | None, now: datetime
     ) -> Verdict:
-        """Copy what the remote object holds into status and judge it."""
+        """Judge the remote object (``copied`` is in status already) and record what else it says."""
 
     @abstractmethod
     def summarize(self, res: ResT, status: Any, now: datetime) -> list[Condition]:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from octoconn import conditions, engine, errors, ownership
 from octoconn.apikeys import SecretData, api_key_from
@@ -372,6 +372,14 @@ class ConnectionReconciler(
     what = "connection"
     short = "connection"
     heartbeats = ("last_verified_time", "last_synced_time")
+    copied: ClassVar[Mapping[str, str]] = {
+        "version": "version",
+        "credentials_hash": "credentials_hash",
+        "org_id": "org_id",
+        "project_id": "project_id",
+        "connection_name": "name",
+        "instance_url": "instance_url",
+    }
 
     def __init__(
         self,
@@ -392,9 +400,7 @@ class ConnectionReconciler(
         super().__init__(writer=status_writer, owners_of=owners_of, clock=clock)
         self._key_expiry_warning = key_expiry_warning
         self._secrets = secrets
-        self._octopus = octopus
         self._stores = stores
-        self._status_writer = status_writer
         # uid -> digest of the key last pushed. Process memory only: after a restart we fall back to the Secret's
         # resourceVersion, which may push identical credentials once, but never misses a rotation.
         self._pushed_keys: dict[str, str] = {}
@@ -701,13 +707,6 @@ class ConnectionReconciler(
         now: datetime,
     ) -> engine.Verdict:
         self._pushed_keys[res.uid] = key_digest(prepared.api_key)
-        status.id = remote.id
-        status.version = remote.version
-        status.credentials_hash = remote.credentials_hash
-        status.org_id = remote.org_id
-        status.project_id = remote.project_id
-        status.connection_name = remote.name
-        status.instance_url = remote.instance_url
         status.secret_resource_version = prepared.secret_version
         ignored = ignored_by_infisical(
             remote,

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from octoconn import conditions, engine, errors, ownership
 from octoconn.apikeys import api_key_from
@@ -417,6 +417,13 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
     plural = PLURAL
     what = "secret sync"
     short = "sync"
+    copied: ClassVar[Mapping[str, str]] = {
+        "sync_name": "name",
+        "connection_id": "connection_id",
+        "sync_status": "sync_status",
+        "last_synced_at": "last_synced_at",
+        "remove_status": "remove_status",
+    }
 
     def __init__(
         self,
@@ -441,7 +448,6 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         self._secrets = secrets
         self._octopus = octopus
         self._stores = stores
-        self._status_writer = status_writer
         self._peers_at = peers_at
         self._polls: dict[str, int] = {}  # uid -> status reads while Infisical is still working
         self._last_stores: dict[str, SyncStore] = {}  # uid -> store, for a finalizer outliving its connection
@@ -783,12 +789,6 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
     ) -> engine.Verdict:
         """Infisical's view of the sync: ``Synced`` is True only for a success after the operator's last write."""
         self._last_stores[res.uid] = prepared.store
-        status.id = remote.id
-        status.sync_name = remote.name
-        status.connection_id = remote.connection_id
-        status.sync_status = remote.sync_status
-        status.last_synced_at = remote.last_synced_at
-        status.remove_status = remote.remove_status
         status.refused_write = None
         secrets = (prepared.api_key,)
         where = _where(status.destination)
