@@ -30,9 +30,10 @@ import kopf
 from octoconn.conditions import Event, utcnow
 from octoconn.engine import new_marker as new_sync_marker
 from octoconn.kube import KubeClient, login  # noqa: F401 - login registers Kopf's login handler
+from octoconn.loop import EventSink, Lifecycle, R
 from octoconn.models import ANNOTATION_PENDING_CREATE, FINALIZER, GROUP, OPERATOR_PREFIX, PLURAL, VERSION
 from octoconn.reconcile import Resource, new_marker
-from octoconn.runtime import EventSink, Lifecycle, R, Runtime
+from octoconn.runtime import Runtime
 from octoconn.settings import load_settings
 from octoconn.sync import PeerSync, SyncResource, destination_key
 from octoconn.sync_models import PLURAL as SYNC_PLURAL

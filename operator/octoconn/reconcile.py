@@ -20,7 +20,6 @@ One pass (``ConnectionReconciler.reconcile``):
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import time
@@ -58,6 +57,7 @@ from octoconn.models import (
     RefusedWrite,
 )
 from octoconn.remote import AppConnection, OctopusIdentity, normalize_instance_url
+from octoconn.sharing import Kept, SingleFlight
 from octoconn.text import js_trim
 
 CREDENTIALS_VERIFIED = "CredentialsVerified"
@@ -295,48 +295,32 @@ class VerificationCache:
 
     def __init__(self, verifier: Verifier, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._verifier = verifier
-        self._ttl = ttl
-        self._clock = clock
-        self._inflight: dict[str, asyncio.Future[OctopusIdentity]] = {}
-        self._answers: dict[str, tuple[float, OctopusIdentity | errors.OctoconnError]] = {}
+        self._flights: SingleFlight[str, OctopusIdentity] = SingleFlight()
+        self._answers: Kept[str, OctopusIdentity | errors.OctoconnError] = Kept(ttl=ttl, clock=clock)
 
     async def verify(self, instance_url: str, api_key: str, *, fresh: bool = False) -> OctopusIdentity:
         digest = hashlib.sha256(f"{instance_url}\n{api_key}".encode()).hexdigest()
-        now = self._clock()
-        self._expire(now)
         kept = self._answers.get(digest)
         if kept is not None and not fresh:
-            return _answer(kept[1])
-        pending = self._inflight.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[OctopusIdentity] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
-        try:
-            identity = await self._verifier.verify(instance_url, api_key)
-        except errors.OctoconnError as exc:
-            if self._ttl > 0 and exc.retry not in TRANSIENT:
-                self._answers[digest] = (self._clock() + self._ttl, exc)
-            future.set_exception(copy.copy(exc))
-            future.exception()  # retrieved: no "never retrieved" warning when nobody else was waiting
-            raise
-        except BaseException as exc:
-            future.set_exception(errors.OctopusUnreachable(f"the shared check failed ({type(exc).__name__})"))
-            future.exception()
-            raise
-        finally:
-            self._inflight.pop(digest, None)
-        if self._ttl > 0:
-            self._answers[digest] = (self._clock() + self._ttl, identity)
-        future.set_result(identity)
-        return identity
+            return _answer(kept[0])
 
-    def _expire(self, now: float) -> None:
-        # Entries are added in time order with one ttl, so the expired ones are at the front.
-        for digest, (until, _) in list(self._answers.items()):
-            if until > now:
-                break
-            del self._answers[digest]
+        async def check() -> OctopusIdentity:
+            try:
+                identity = await self._verifier.verify(instance_url, api_key)
+            except errors.OctoconnError as exc:
+                if exc.retry not in TRANSIENT:
+                    self._answers.put(digest, exc)
+                raise
+            self._answers.put(digest, identity)
+            return identity
+
+        return await self._flights.run(digest, check, shared_error=_shared_error)
+
+
+def _shared_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, errors.OctoconnError):
+        return copy.copy(exc)
+    return errors.OctopusUnreachable(f"the shared check failed ({type(exc).__name__})")
 
 
 def _answer(kept: OctopusIdentity | errors.OctoconnError) -> OctopusIdentity:

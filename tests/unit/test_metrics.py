@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from octoconn import metrics
 from octoconn.conditions import Outcome
+from octoconn.lifecycles import SyncLifecycle
 from octoconn.pacing import WritePacer
-from octoconn.runtime import SyncLifecycle
 from octoconn.settings import Settings
 from octoconn.sync import SyncReconciler, SyncResource
 

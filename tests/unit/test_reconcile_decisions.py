@@ -25,7 +25,7 @@ from octoconn.reconcile import (
     summarize_ready,
 )
 from octoconn.remote import AppConnection, OctopusIdentity
-from octoconn.runtime import StatusMemory
+from octoconn.stores import StatusMemory
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -10,10 +10,17 @@ import pytest
 
 from octoconn import errors
 from octoconn.apikeys import SecretData
+from octoconn.engine import STATUS_REFRESH_SECONDS
+from octoconn.engine import needs_write as engine_needs_write
 from octoconn.models import Condition, OctopusDeployConnectionStatus
-from octoconn.reconcile import VerificationCache, rfc3339
+from octoconn.reconcile import ConnectionReconciler, VerificationCache, rfc3339
 from octoconn.remote import OctopusIdentity
-from octoconn.runtime import STATUS_REFRESH_SECONDS, SharedSecretReads, needs_write
+from octoconn.stores import SharedSecretReads
+
+
+def needs_write(before: OctopusDeployConnectionStatus, after: OctopusDeployConnectionStatus, now: float) -> bool:
+    """The connection's rule: its check times are refreshed at most every STATUS_REFRESH_SECONDS."""
+    return engine_needs_write(before, after, now, heartbeats=ConnectionReconciler.heartbeats)
 
 
 class CountingVerifier:

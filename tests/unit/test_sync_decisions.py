@@ -276,7 +276,7 @@ class _Kube:
 
 
 async def test_status_memory_keeps_a_connection_and_a_sync_of_one_name_apart() -> None:
-    from octoconn.runtime import StatusMemory
+    from octoconn.stores import StatusMemory
     from octoconn.sync_models import PLURAL
 
     memory = StatusMemory(_Kube())  # type: ignore[arg-type]

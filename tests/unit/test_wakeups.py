@@ -11,8 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from octoconn.conditions import Event, Outcome
+from octoconn.engine import FirstPatch
 from octoconn.models import ANNOTATION_PENDING_CREATE, PLURAL
-from octoconn.runtime import FirstPatch, Runtime, StatusMemory
+from octoconn.runtime import Runtime
+from octoconn.stores import StatusMemory
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
 
