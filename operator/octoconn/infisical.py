@@ -486,31 +486,7 @@ class InfisicalClient:
         message = scrub(_message(response), secrets)
         ref = _ref(response)
         if status in (400, 422):
-            duplicate_sync = _DUPLICATE_SYNC_NAME.search(message)
-            if status == 400 and duplicate_sync:
-                return errors.NameConflict(
-                    f'Infisical already has a secret sync named "{duplicate_sync["name"]}" in this project{ref} that '
-                    "this resource did not create: set spec.syncName to another name, or delete that sync",
-                    status_code=status,
-                )
-            duplicate = _DUPLICATE_NAME.search(message)
-            if status == 400 and duplicate:
-                return errors.NameConflict(
-                    f'Infisical already has an app connection named "{duplicate["name"]}" in this scope{ref}: '
-                    "choose another spec.connectionName, or rename or delete that connection in Infisical",
-                    status_code=status,
-                )
-            other_app = _OTHER_APP.search(message)
-            if status == 400 and other_app:
-                # Adopting cannot help: the operator can only manage Octopus Deploy connections.
-                return errors.NameConflict(
-                    f'The name "{other_app["name"]}" is taken in Infisical by a connection of another app (not Octopus '
-                    f"Deploy){ref}; connection names are unique across all apps, and a connection of another app "
-                    "cannot be adopted. Choose another spec.connectionName, or rename or delete that connection in "
-                    "Infisical",
-                    status_code=status,
-                )
-            return errors.InfisicalRejected(f"Infisical refused to {what}: {message}{ref}", status_code=status)
+            return _refusal(status, message, ref, what=what)
         if _token_refused(response):
             return errors.InfisicalAuthFailed(
                 f"Infisical refused a fresh access token when trying to {what}: {message}{ref}. Check that the "
@@ -529,23 +505,7 @@ class InfisicalClient:
                 status_code=status,
             )
         if status == 404:
-            if _NO_OCTOPUS_ROUTES.match(message) and _is_infisical_body(response):
-                # Infisical itself answered, but has no such route: a release without Octopus Deploy connections.
-                return errors.InfisicalUnsupported(
-                    f"Infisical at {self.base_url} has no Octopus Deploy app connections (it answered {message!r} "
-                    f"when asked to {what}){ref}. They exist in Infisical releases from December 2025 on: upgrade "
-                    "Infisical, or point the operator at one that has them",
-                    status_code=status,
-                )
-            if not _is_infisical_not_found(response):
-                # A route, not a row, is missing (wrong URL, a proxy): reading it as "gone" would make the caller
-                # recreate a connection that may still exist.
-                return errors.InfisicalUnavailable(
-                    f"{self.base_url} has no such API route ({message}) for the request to {what}{ref}: check the "
-                    "Infisical URL and any proxy in front of it",
-                    status_code=status,
-                )
-            return errors.InfisicalNotFound(f"Infisical could not {what}: {message}{ref}", status_code=status)
+            return self._not_found(response, message, ref, what=what)
         if status == 429:
             return self._rate_limited(response, what=what, message=message, write=write)
         if 300 <= status < 400:
@@ -558,6 +518,27 @@ class InfisicalClient:
         return errors.InfisicalRejected(
             f"Infisical answered HTTP {status} when trying to {what}: {message}{ref}", status_code=status
         )
+
+    def _not_found(self, response: httpx.Response, message: str, ref: str, *, what: str) -> errors.InfisicalError:
+        """A 404: a row that is gone, a route this Infisical does not have, or no Infisical at all."""
+        status = response.status_code
+        if _NO_OCTOPUS_ROUTES.match(message) and _is_infisical_body(response):
+            # Infisical itself answered, but has no such route: a release without Octopus Deploy connections.
+            return errors.InfisicalUnsupported(
+                f"Infisical at {self.base_url} has no Octopus Deploy app connections (it answered {message!r} "
+                f"when asked to {what}){ref}. They exist in Infisical releases from December 2025 on: upgrade "
+                "Infisical, or point the operator at one that has them",
+                status_code=status,
+            )
+        if not _is_infisical_not_found(response):
+            # A route, not a row, is missing (wrong URL, a proxy): reading it as "gone" would make the caller
+            # recreate a connection that may still exist.
+            return errors.InfisicalUnavailable(
+                f"{self.base_url} has no such API route ({message}) for the request to {what}{ref}: check the "
+                "Infisical URL and any proxy in front of it",
+                status_code=status,
+            )
+        return errors.InfisicalNotFound(f"Infisical could not {what}: {message}{ref}", status_code=status)
 
     def _rate_limited(
         self, response: httpx.Response, *, what: str, message: str, write: bool
@@ -681,3 +662,32 @@ def _project_scoped(project_id: str) -> Iterator[None]:
             "project with a role that may manage secret syncs",
             status_code=exc.status_code,
         ) from None
+
+
+def _refusal(status: int, message: str, ref: str, *, what: str) -> errors.InfisicalError:
+    """A 400 or 422: a name that is taken (said so the user can act on it), or a request refused for good."""
+    duplicate_sync = _DUPLICATE_SYNC_NAME.search(message)
+    if status == 400 and duplicate_sync:
+        return errors.NameConflict(
+            f'Infisical already has a secret sync named "{duplicate_sync["name"]}" in this project{ref} that '
+            "this resource did not create: set spec.syncName to another name, or delete that sync",
+            status_code=status,
+        )
+    duplicate = _DUPLICATE_NAME.search(message)
+    if status == 400 and duplicate:
+        return errors.NameConflict(
+            f'Infisical already has an app connection named "{duplicate["name"]}" in this scope{ref}: '
+            "choose another spec.connectionName, or rename or delete that connection in Infisical",
+            status_code=status,
+        )
+    other_app = _OTHER_APP.search(message)
+    if status == 400 and other_app:
+        # Adopting cannot help: the operator can only manage Octopus Deploy connections.
+        return errors.NameConflict(
+            f'The name "{other_app["name"]}" is taken in Infisical by a connection of another app (not Octopus '
+            f"Deploy){ref}; connection names are unique across all apps, and a connection of another app "
+            "cannot be adopted. Choose another spec.connectionName, or rename or delete that connection in "
+            "Infisical",
+            status_code=status,
+        )
+    return errors.InfisicalRejected(f"Infisical refused to {what}: {message}{ref}", status_code=status)
