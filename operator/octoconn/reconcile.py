@@ -1,21 +1,20 @@
-"""The whole life of one OctopusDeployConnection: verify, create or update, repair drift, delete.
+"""The OctopusDeployConnection's adapter for ``octoconn.engine``: verify, create or update, repair drift, delete.
 
 This module decides; it does no I/O of its own. Outside calls go through the small ports below (Secrets,
-Octopus, Infisical, status), which ``handlers`` wires to the real clients. It imports neither kopf nor httpx,
-so every decision can be exercised without a cluster.
+Octopus, Infisical, status), which ``runtime`` wires to the real clients. It imports neither kopf nor httpx,
+so every decision can be exercised without a cluster. The engine runs the pass and owns what both kinds share
+(pausing, the status copy, the ``Ready`` finish, the create protocol, refused-write memory, the finalizer's
+preamble); this adapter fills in its steps (engine doc: the adapter contract):
 
-One pass (``ConnectionReconciler.reconcile``):
-1. paused? -> no remote calls, ``Synced=False/ReconcilePaused``;
-2. read the API key from the Secret and verify it with Octopus (``CredentialsVerified``);
-3. find the Infisical connection (by recorded id; after a create whose answer was lost, or a crash mid-create, by
-   name, and then only one ``octoconn.ownership`` shows to be this resource's own);
-4. create it (straight away: the name is looked up only when Infisical says it is taken), or PATCH only what
-   differs: ``credentials`` only when the key or URL changed, or when someone else rewrote them (Infisical's
-   ``credentialsHash`` moved) — every credentials write changes that hash. A create or update Infisical refused
-   for good is remembered in status and not sent again until something changes;
-5. compare what Infisical holds with what was asked (an older Infisical silently drops ``projectId``): a success
-   answer is not trusted on its own;
-6. return the new status, the Events to emit and, on failure, the error that decides when to retry.
+1. ``prepare``: read the API key from the Secret and verify it with Octopus (``CredentialsVerified``);
+2. ``observe``: find the Infisical connection (by recorded id; after a create whose answer was lost, or a crash
+   mid-create, by name, and then only one ``octoconn.ownership`` shows to be this resource's own);
+3. ``create`` it (straight away: the name is looked up only when Infisical says it is taken), or PATCH only what
+   differs (``update``): ``credentials`` only when the key or URL changed, or when someone else rewrote them
+   (Infisical's ``credentialsHash`` moved) — every credentials write changes that hash. A create or update
+   Infisical refused for good is remembered in status and not sent again until something changes;
+4. ``record``: compare what Infisical holds with what was asked (an older Infisical silently drops ``projectId``):
+   a success answer is not trusted on its own.
 """
 
 from __future__ import annotations

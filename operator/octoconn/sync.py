@@ -1,24 +1,25 @@
-"""The whole life of one OctopusDeploySecretSync: verify the destination, create or update the sync, follow it, delete.
+"""The OctopusDeploySecretSync's adapter for ``octoconn.engine``: verify the destination, create or update the sync,
+follow it, delete.
 
 Like ``reconcile`` for connections, this module decides and does no I/O of its own: outside calls go through the
-small ports below, which ``runtime`` wires to the real clients. It imports neither kopf nor httpx.
+small ports below, which ``runtime`` wires to the real clients. It imports neither kopf nor httpx. The engine runs
+the pass and owns what both kinds share; this adapter fills in its steps (engine doc: the adapter contract).
 
 Infisical's Octopus secret sync has traps this module exists to guard against: creating or changing a sync never
 calls Octopus (a wrong project shows up minutes later as a failed sync); every PATCH rewrites the whole Octopus
 variable set; a failing sync stays "running" through five attempts; two syncs into one project delete each other's
 variables unless their key schemas keep their names apart; and a delete with removal can fail and leave the sync.
 
-One pass (``SyncReconciler.reconcile``):
-1. paused? -> no remote calls, ``Synced=False/ReconcilePaused``;
-2. the referenced OctopusDeployConnection must exist and be Ready; its Infisical connection id, its Infisical
-   identity and its Octopus key are what the sync uses;
-3. before anything is created or changed: resolve space, project and scope values with the connection's key and
-   check the key may view and edit that project's variables (``DestinationVerified``), and refuse a sync whose
-   variable names could collide with an older sync's in the same Octopus project;
-4. create the sync, or PATCH what differs, and nothing when nothing differs; trigger a sync for a new
-   ``octoconn.dev/sync-requested-at`` value (and after a write when auto-sync is off);
-5. follow Infisical's status: ``Synced`` is True only once a sync succeeded after the operator's last write, and
-   False with Octopus's own message, made readable, once Infisical's retries are over.
+One pass:
+1. ``prepare``: the referenced OctopusDeployConnection must exist and be Ready; its Infisical connection id, its
+   Infisical identity and its Octopus key are what the sync uses;
+2. ``observe``, before anything is created or changed: find the sync, resolve space, project and scope values with
+   the connection's key and check the key may view and edit that project's variables (``DestinationVerified``),
+   and refuse a sync whose variable names could collide with an older sync's in the same Octopus project;
+3. ``create`` the sync, or PATCH what differs (``update``), and nothing when nothing differs; trigger a sync for a
+   new ``octoconn.dev/sync-requested-at`` value (and after a write when auto-sync is off);
+4. ``record``: follow Infisical's status: ``Synced`` is True only once a sync succeeded after the operator's last
+   write, and False with Octopus's own message, made readable, once Infisical's retries are over.
 """
 
 from __future__ import annotations
