@@ -422,8 +422,15 @@ class OctopusDeployConnectionStatus(_Model):
         return next((c for c in self.conditions or [] if c.type == type_), None)
 
     def to_patch(self) -> dict[str, Any]:
-        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values."""
-        return self.model_dump(by_alias=True, mode="json")
+        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values, except the
+        connection's identity (id, version, credentialsHash). No pass removes a recorded id, so an id-less status
+        comes from a view older than the record (a second operator process that has not seen the first one's
+        write yet): writing its nulls would erase the record, and with it the proof that the connection is ours."""
+        patch = self.model_dump(by_alias=True, mode="json")
+        if self.id is None:
+            for field_name in ("id", "version", "credentialsHash"):
+                del patch[field_name]
+        return patch
 
 
 # Rules that need metadata.name live at the top level of the schema.

@@ -772,7 +772,7 @@ class ConnectionReconciler:
     ) -> tuple[AppConnection, Event]:
         """Adopt a connection shown to be ours; anything else is taken over only as ``_take_over`` allows."""
         if not claim.ours:
-            return await self._take_over(res, store, found, api_key, url)
+            return await self._take_over(res, store, found, api_key, url, recheck_soon=claim.recheck_soon)
         remote = await self._update(res, store, found, api_key, url, key_changed=True)
         # Only now: a failed update keeps the memory as it was, and the next try claims again.
         self._guard.answered(_target(res), found.id, name=found.name, project_id=found.project_id, now=self._clock())
@@ -853,7 +853,14 @@ class ConnectionReconciler:
             raise
 
     async def _take_over(
-        self, res: Resource, store: ConnectionStore, existing: AppConnection, api_key: str, url: str
+        self,
+        res: Resource,
+        store: ConnectionStore,
+        existing: AppConnection,
+        api_key: str,
+        url: str,
+        *,
+        recheck_soon: bool = False,
     ) -> tuple[AppConnection, Event]:
         """A connection under our name that this resource did not create: take it only when asked to."""
         name = res.connection_name
@@ -866,7 +873,8 @@ class ConnectionReconciler:
                 f"{others[0]}. Choose another spec.connectionName."
             )
         if not res.adopt_existing:
-            raise errors.NameConflict(
+            conflict = errors.NameJustTaken if recheck_soon else errors.NameConflict
+            raise conflict(
                 f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
                 f"not create. Choose another spec.connectionName, or annotate the resource with "
                 f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'

@@ -354,8 +354,12 @@ class OctopusDeploySecretSyncStatus(_Model):
         return next((c for c in self.conditions or [] if c.type == type_), None)
 
     def to_patch(self) -> dict[str, Any]:
-        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values."""
-        return self.model_dump(by_alias=True, mode="json")
+        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values, except ``id``
+        (as for connections: no pass removes a recorded id, so an id-less status must not erase one)."""
+        patch = self.model_dump(by_alias=True, mode="json")
+        if self.id is None:
+            del patch["id"]
+        return patch
 
 
 ROOT_VALIDATIONS = [
