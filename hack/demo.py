@@ -390,8 +390,8 @@ class Demo:
         if all(p.exists() for p in needed):
             self.out.info(f"found in {cache_dir()} (built earlier from Go modules)")
         else:
-            self.out.info(f"building kube-apiserver {KUBERNETES_VERSION}, kubectl, etcd and helm from Go modules")
-            self.out.info(f"(first run only, ~10-15 min; cached in {cache_dir()}; progress below)")
+            self.out.info(f"building kube-apiserver {KUBERNETES_VERSION}, kubectl and etcd from Go modules")
+            self.out.info(f"(first run only, about 7 min on two idle cores; cached in {cache_dir()}; progress below)")
             try:
                 paths = ensure_binaries()
             except RuntimeError as exc:  # no Go toolchain, or a build failed: say so without a traceback

@@ -165,6 +165,21 @@ class NameConflict(InfisicalRejected):
     reason = "NameConflict"
 
 
+class NameJustTaken(NameConflict):
+    """A NameConflict whose holder Infisical created moments ago, so a record showing it is this resource's own (a
+    second operator process's status write) may still be on its way: looked at again soon instead of waiting."""
+
+    retry = Retry.BACKOFF
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(
+            f"{message} It was created less than a minute ago: looking again shortly, in case another operator "
+            "process created it for this resource.",
+            status_code=status_code,
+            retry_after=retry_after,
+        )
+
+
 class InfisicalUnsupported(InfisicalError):
     """This Infisical server has no Octopus Deploy app connections at all (a release from before December 2025)."""
 

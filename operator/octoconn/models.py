@@ -7,7 +7,7 @@ drifts from them. Spec models are frozen: the operator reads spec and never writ
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -372,13 +372,25 @@ class ManagedStatus(_Model):
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions or [] if c.type == type_), None)
 
+    # The remote object's identity (JSON names), left out of a patch from a status that records no id.
+    identity_fields: ClassVar[tuple[str, ...]] = ("id",)
+
     def to_patch(self) -> dict[str, Any]:
-        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values."""
-        return self.model_dump(by_alias=True, mode="json")
+        """The status as a JSON merge patch body: every field, with ``None`` clearing stale values, except the
+        remote object's identity (``identity_fields``). No pass removes a recorded id, so an id-less status comes
+        from a view older than the record (a second operator process that has not seen the first one's write yet):
+        writing its nulls would erase the record, and with it the proof that the remote object is ours."""
+        patch = self.model_dump(by_alias=True, mode="json")
+        if patch.get("id") is None:
+            for field_name in self.identity_fields:
+                patch.pop(field_name, None)
+        return patch
 
 
 class OctopusDeployConnectionStatus(ManagedStatus):
     """Observed state, written only by the operator. Never contains secret material."""
+
+    identity_fields = ("id", "version", "credentialsHash")
 
     id: Annotated[str | None, Field(description="Infisical App Connection id.")] = None
     version: Annotated[int | None, Field(description="App Connection version as Infisical returned it.")] = None

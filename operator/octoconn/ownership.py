@@ -32,6 +32,10 @@ from octoconn.conditions import Event, parse_time, rfc3339
 # a second or two); a wider one would let a same-named object made by hand just before the resource be taken.
 CREATE_SKEW = timedelta(seconds=10)
 
+# An unproven object this young may be a create of this very resource by another operator process (two started
+# by mistake) whose status write has not reached this one yet: worth a second look soon, never adopted meanwhile.
+RECHECK_WITHIN = timedelta(seconds=60)
+
 Verdict = Literal["ours", "others", "unproven"]
 
 
@@ -40,6 +44,7 @@ class Claim:
     verdict: Verdict
     why: str  # for a message or an Event: says which proof held or failed
     owner: str | None = None  # with "others": the namespace/name of the resource that records the object
+    recheck_soon: bool = False  # with "unproven": the object is new enough that a record of it may be on its way
 
     @property
     def ours(self) -> bool:
@@ -76,15 +81,17 @@ def claim(
     if recorded:
         owner = sorted(recorded)[0]
         return Claim("others", f"it is recorded by {owner}", owner)
-    if evidence.sent_after is None:
-        return Claim("unproven", "this resource never sent a create that could have made it")
     created = parse_time(created_at)
+    young = created is not None and now - RECHECK_WITHIN <= created <= now + CREATE_SKEW
+    if evidence.sent_after is None:
+        return Claim("unproven", "this resource never sent a create that could have made it", recheck_soon=young)
     earliest = evidence.sent_after - CREATE_SKEW
     if created is None or created < earliest or created > now + CREATE_SKEW:
         return Claim(
             "unproven",
             f"Infisical created it at {created_at or 'an unknown time'}, before this resource's create could have "
             f"been sent ({rfc3339(evidence.sent_after)})",
+            recheck_soon=young,
         )
     if differences:
         return Claim("unproven", f"it does not hold what this resource's create sent: {'; '.join(differences)}")

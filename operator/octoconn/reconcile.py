@@ -562,7 +562,7 @@ class ConnectionReconciler(
     ) -> tuple[AppConnection, Event]:
         """Adopt a connection shown to be ours; anything else is taken over only as ``_take_over`` allows."""
         if not claim.ours:
-            return await self._take_over(res, store, found, prepared)
+            return await self._take_over(res, store, found, prepared, recheck_soon=claim.recheck_soon)
         remote = await self._adopt(res, store, found, prepared)
         # Only now: a failed update keeps the memory as it was, and the next try claims again.
         self._guard.answered(
@@ -572,7 +572,13 @@ class ConnectionReconciler(
         return remote, Event("Normal", "Adopted", message)
 
     async def _take_over(
-        self, res: Resource, store: ConnectionStore, existing: AppConnection, prepared: Verified
+        self,
+        res: Resource,
+        store: ConnectionStore,
+        existing: AppConnection,
+        prepared: Verified,
+        *,
+        recheck_soon: bool = False,
     ) -> tuple[AppConnection, Event]:
         """A connection under our name that this resource did not create: take it only when asked to."""
         name = res.connection_name
@@ -585,7 +591,8 @@ class ConnectionReconciler(
                 f"{others[0]}. Choose another spec.connectionName."
             )
         if not res.adopt_existing:
-            raise errors.NameConflict(
+            conflict = errors.NameJustTaken if recheck_soon else errors.NameConflict
+            raise conflict(
                 f'Infisical already has a connection named "{name}" ({existing.id}) that this resource did '
                 f"not create. Choose another spec.connectionName, or annotate the resource with "
                 f'{ANNOTATION_ADOPT_EXISTING}="true" to take it over.'

@@ -112,15 +112,17 @@ class StatusMemory:
     Kopf refreshes a daemon's ``body`` from the watch stream, which can lag behind our own writes: a pass that
     starts right after a status write may read a body from before it, and would act on that old view (adopt its own
     connection "created by an earlier try" and send the credentials again, or call its own connection or sync a
-    NameConflict). Only this operator writes status, so the status it last wrote is the truth until the watch has
-    caught up with it; ``view`` puts it into whatever body is read meanwhile. Keyed by kind too: a connection and
-    a secret sync may share a name.
+    NameConflict). The status it last wrote is the truth until the watch shows that write or a later one; ``view``
+    puts it into whatever body is read meanwhile. Resource versions of one resource are comparable integers
+    (KEP-5504, GA in Kubernetes 1.35), which tells an older body from a newer one; a later write by another process
+    (a second operator started by mistake) is never hidden behind ours. Keyed by kind too: a connection and a secret
+    sync may share a name.
     """
 
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
-        # (plural, namespace, name) -> (uid, status as the API server stored it after our last write)
-        self._written: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+        # (plural, namespace, name) -> (uid, resourceVersion, status as the API server stored it after our last write)
+        self._written: dict[tuple[str, str, str], tuple[str, str, dict[str, Any]]] = {}
 
     async def patch_status(
         self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str = PLURAL
@@ -129,8 +131,9 @@ class StatusMemory:
         if stored is None:
             self._written.pop((plural, namespace, name), None)
             return None
-        uid = str((stored.get("metadata") or {}).get("uid") or "")
-        self._written[(plural, namespace, name)] = (uid, dict(stored.get("status") or {}))
+        meta = stored.get("metadata") or {}
+        uid, version = str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+        self._written[(plural, namespace, name)] = (uid, version, dict(stored.get("status") or {}))
         return stored
 
     async def patch_annotations(
@@ -145,8 +148,8 @@ class StatusMemory:
         written = self._written.get(key)
         if written is None:
             return dict(body)
-        uid, status = written
-        if uid != meta.get("uid") or body.get("status") == status:
+        uid, version, status = written
+        if uid != meta.get("uid") or body.get("status") == status or _not_older(meta.get("resourceVersion"), version):
             # Another object of the same name, or the watch has caught up: the body is the truth again.
             del self._written[key]
             return dict(body)
@@ -154,3 +157,12 @@ class StatusMemory:
 
     def forget(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
         self._written.pop((plural, namespace, name), None)
+
+
+def _not_older(body_version: object, written_version: str) -> bool:
+    """Whether a body's resourceVersion is that of our write or a later one. Versions that are not the positive
+    integers Kubernetes 1.35 promises cannot be ordered: then only an equal status says the watch caught up."""
+    seen = str(body_version or "")
+    if not (seen.isdigit() and written_version.isdigit()) or "0" in (seen[:1], written_version[:1]):
+        return False
+    return int(seen) >= int(written_version)

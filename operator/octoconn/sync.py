@@ -932,7 +932,8 @@ def _name_taken(res: SyncResource, existing: SecretSync, claim: ownership.Claim)
         return errors.NameConflict(
             f"{where}, and OctopusDeploySecretSync {claim.owner} manages it. Set spec.syncName to another name."
         )
-    return errors.NameConflict(
+    conflict = errors.NameJustTaken if claim.recheck_soon else errors.NameConflict
+    return conflict(
         f"{where} that this resource did not create. Set spec.syncName to another name, or delete that sync in "
         "Infisical."
     )

@@ -470,8 +470,8 @@ async def test_dropped_connection(infisical: InfisicalServer, octopus: OctopusSe
 
 
 async def test_timeout(infisical: InfisicalServer, octopus: OctopusServer, make_client: ClientFactory) -> None:
+    created = await create(make_client(), octopus)  # the create at the default timeout: a loaded machine is slow
     client = make_client(timeout=0.2)
-    created = await create(client, octopus)
     infisical.state.faults.latency(1.0, path_prefix=CONNECTIONS)
     with pytest.raises(errors.InfisicalUnavailable) as caught:
         await client.get(created.id)

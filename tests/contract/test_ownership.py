@@ -274,3 +274,41 @@ async def test_a_connection_made_by_hand_just_before_is_neither_adopted_nor_dele
     taken = await reconciler(secrets, octopus_client, infisical_client).reconcile(adopting)
     assert taken.error is None
     assert taken.status.id == by_hand.id
+
+
+async def test_two_operator_processes_on_one_resource_end_with_one_connection_and_neither_in_name_conflict(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    """Two --standalone operators started by mistake: both wrote a marker with Kopf's first patch (the second one's
+    is what the resource carries), both send a create. The second's is refused; its owners index has not seen the
+    first's status write yet, so the connection is not proven its own and is not adopted, but the refusal is looked
+    at again soon; by then the first's record has arrived, and the second agrees with it."""
+    from octoconn import errors
+
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()}, namespace="team-a")
+    first, second = (reconciler(secrets, octopus_client, infisical_client) for _ in range(2))
+    first.remember_marker("uid-a", marker_at(datetime.now(UTC) - timedelta(milliseconds=5)))
+    kept = marker_at(datetime.now(UTC))
+    second.remember_marker("uid-a", kept)
+
+    def seen(status: OctopusDeployConnectionStatus | None = None) -> Resource:
+        annotations = {ANNOTATION_PENDING_CREATE: kept}
+        return body(octopus, namespace="team-a", name="a", uid="uid-a", status=status, annotations=annotations)
+
+    won = await first.reconcile(seen())
+    assert won.error is None, won.error
+    refused = await second.reconcile(seen())
+    assert refused.error is not None
+    assert refused.error.reason == "NameConflict"
+    assert refused.error.retry == errors.Retry.BACKOFF  # looked at again within seconds, not after a change
+    assert "another operator process" in refused.error.message
+    # The refused pass's status, written over the first's, keeps the id that proves the connection is ours.
+    written = {**won.status.to_patch(), **refused.status.to_patch()}
+    assert written["id"] == won.status.id
+
+    again = await second.reconcile(seen(OctopusDeployConnectionStatus.model_validate(written)))
+    assert again.error is None, again.error
+    assert again.status.id == won.status.id
+    assert [c["id"] for c in infisical.state.connections()] == [won.status.id]
+    assert [r for r in infisical.state.requests if r.method == "DELETE"] == []

@@ -25,6 +25,7 @@ from tests.cluster.conftest import CLIENT_ID, CLIENT_SECRET, CRD_FILE, SYNC_CRD_
 from tests.cluster.operator_process import OperatorProcess
 from tests.envtest.binaries import Binaries, ensure_binaries, expected_paths
 from tests.envtest.controlplane import ControlPlane
+from tests.faults.promises import FIGURES
 from tests.faults.rig import Rig
 from tests.faults.toxiproxy import ToxiproxyServer
 from tests.servers.infisical import InfisicalServer
@@ -148,3 +149,11 @@ def start_operator(rig: Rig, kube: Kube, tmp_path: Path) -> Iterator[OperatorFac
     finally:
         for process in started:
             process.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures docs/reliability.md records, where a CI log shows them without ``-s``."""
+    if FIGURES:
+        terminalreporter.section("fault figures")
+        for figure in FIGURES:
+            terminalreporter.write_line(figure)

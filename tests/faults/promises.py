@@ -30,8 +30,13 @@ from tests.servers.infisical import CONNECTIONS_PREFIX, OCTOPUS_APP
 CREATE_PATH = f"{CONNECTIONS_PREFIX}/{OCTOPUS_APP}"
 
 
+# Every figure of the run, in order: the tier's conftest lists them in pytest's summary, so CI's log shows them.
+FIGURES: list[str] = []
+
+
 def report(figure: str) -> None:
-    """A measured figure for docs/reliability.md: printed (``pytest -s`` or the captured output), never asserted."""
+    """A measured figure for docs/reliability.md: printed (``pytest -s``), and listed in the summary, never asserted."""
+    FIGURES.append(figure)
     print(f"\nfault figure: {figure}", flush=True)
 
 

@@ -83,18 +83,10 @@ def test_two_standalone_operators_make_no_duplicate(rig: Rig, kube: Kube, start_
 
 
 class NameConflictSeen(AssertionError):
-    """A resource stuck in NameConflict against its own connection, told apart from a duplicate or a lost change.
-    Issue 15's ownership rule fixed most of it (the owners index shows what the other process recorded), not the
-    race where the refusal comes before the watch shows that record."""
+    """A resource stuck in NameConflict against its own connection, told apart from a duplicate or a lost change:
+    the race where one process's create is refused before its watch shows the other's status write."""
 
 
-@pytest.mark.xfail(
-    raises=NameConflictSeen,
-    strict=False,
-    reason="open (issue 18, fault 5): a second --standalone operator whose create is refused before its watch shows "
-    "the first one's status write still ends some resources in NameConflict (2 of 20 in one run, 0 in another); a "
-    "duplicate or a lost change still fails this test",
-)
 def test_two_standalone_operators_every_resource_ends_ready(
     rig: Rig, kube: Kube, start_operator: OperatorFactory
 ) -> None:

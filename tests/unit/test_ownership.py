@@ -11,6 +11,7 @@ from octoconn.ownership import CREATE_SKEW, Evidence, claim
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 SENT = NOW - timedelta(minutes=1)
 MARKER = Evidence(SENT)
+NO_CREATE = Evidence(None)
 
 
 def judge(
@@ -71,3 +72,23 @@ def test_an_object_that_does_not_hold_what_our_create_sent_is_not_ours() -> None
     verdict, why = judge(differences=("it stored the instance URL 'https://other' instead of 'https://mine'",))
     assert verdict == "unproven"
     assert "https://other" in why
+
+
+def test_an_unproven_object_younger_than_a_minute_is_looked_at_again_soon_and_an_older_one_is_not() -> None:
+    def recheck(created: datetime, evidence: Evidence = NO_CREATE) -> bool:
+        result = claim(
+            me="team-b/b",
+            recorders=(),
+            created_at=created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            differences=(),
+            evidence=evidence,
+            now=NOW,
+        )
+        assert result.verdict == "unproven"
+        return result.recheck_soon
+
+    # Another operator process's create for this resource, its status write not seen yet: never adopted, but the
+    # NameConflict is retried soon (a record may be on its way) instead of waiting for a change.
+    assert recheck(NOW - timedelta(seconds=2))
+    assert recheck(NOW - timedelta(seconds=2), evidence=Evidence(NOW + timedelta(minutes=5)))
+    assert not recheck(NOW - timedelta(minutes=5))  # an old object: nobody's record is on its way

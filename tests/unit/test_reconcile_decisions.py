@@ -325,6 +325,39 @@ async def test_status_memory_puts_our_last_write_into_an_older_body() -> None:
     assert memory.view(old) == old  # once caught up, the body is the truth again
 
 
+async def test_status_memory_never_hides_a_later_write_by_another_process() -> None:
+    class Versioned(_Kube):
+        async def patch_status(
+            self, namespace: str, name: str, status: Mapping[str, Any], *, plural: str = ""
+        ) -> dict[str, Any] | None:
+            stored = await super().patch_status(namespace, name, status, plural=plural)
+            assert stored is not None
+            stored["metadata"]["resourceVersion"] = "120"
+            return stored
+
+    memory = StatusMemory(Versioned())  # type: ignore[arg-type]
+    await memory.patch_status("ns", "a", {"reason": "ours"})
+    meta = {"namespace": "ns", "name": "a", "uid": "u1"}
+    older = {"metadata": {**meta, "resourceVersion": "119"}, "status": {}}
+    assert memory.view(older)["status"] == {"reason": "ours"}  # the watch lags behind our write
+    # A second operator process wrote after us: its status is the truth, not the one we remember.
+    later = {"metadata": {**meta, "resourceVersion": "121"}, "status": {"id": "c1", "reason": "theirs"}}
+    assert memory.view(later)["status"] == {"id": "c1", "reason": "theirs"}
+    assert memory.view(older)["status"] == {}  # the memory is gone once a later body was seen
+
+
+def test_a_status_without_an_id_never_erases_a_recorded_one() -> None:
+    from octoconn.sync_models import OctopusDeploySecretSyncStatus
+
+    # A pass working from a view older than the record (another process's status write it has not seen) must not
+    # write id: null over the id that proves the connection is this resource's.
+    assert {"id", "version", "credentialsHash"}.isdisjoint(OctopusDeployConnectionStatus().to_patch())
+    assert OctopusDeployConnectionStatus().to_patch()["conditions"] is None  # other fields still clear stale values
+    assert OctopusDeployConnectionStatus(id="c1").to_patch()["id"] == "c1"
+    assert "id" not in OctopusDeploySecretSyncStatus().to_patch()
+    assert OctopusDeploySecretSyncStatus(id="s1").to_patch()["id"] == "s1"
+
+
 # --- key-expiry warning ------------------------------------------------------------------------------------------
 WINDOW = timedelta(days=14)
 
