@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 
 from octoconn.conditions import Event, utcnow
-from octoconn.engine import new_marker as new_sync_marker
+from octoconn.creates import new_marker as new_sync_marker
 from octoconn.kube import KubeClient, login  # noqa: F401 - login registers Kopf's login handler
 from octoconn.loop import EventSink, Lifecycle, R
 from octoconn.models import ANNOTATION_PENDING_CREATE, FINALIZER, GROUP, OPERATOR_PREFIX, PLURAL, VERSION

@@ -12,7 +12,7 @@ from typing import Any
 
 from octoconn import errors, metrics
 from octoconn.conditions import Event, Outcome, parse_time
-from octoconn.engine import FirstPatch
+from octoconn.creates import FirstPatch
 from octoconn.kube import KubeError
 from octoconn.loop import Status
 from octoconn.models import PLURAL, OctopusDeployConnectionStatus

@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from octoconn import errors, metrics
 from octoconn.conditions import Event, HasConditions, Outcome, jittered, retry_delay, utcnow
-from octoconn.engine import FirstPatch
+from octoconn.creates import FirstPatch
 from octoconn.models import ANNOTATION_RECONCILE_REQUESTED_AT, FINALIZER, OPERATOR_PREFIX, PLURAL
 from octoconn.settings import Settings
 from octoconn.stores import StatusMemory

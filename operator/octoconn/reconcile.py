@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal, Protocol
 
-from octoconn import conditions, engine, errors, ownership
+from octoconn import conditions, creates, engine, errors, ownership
 from octoconn.apikeys import SecretData, api_key_from
 from octoconn.conditions import (
     TRANSIENT,
@@ -39,7 +39,7 @@ from octoconn.conditions import (
     summarize,
     utcnow,
 )
-from octoconn.engine import FirstPatch, parse_marker
+from octoconn.creates import FirstPatch, parse_marker
 from octoconn.models import (
     ANNOTATION_ADOPT_EXISTING,
     ANNOTATION_PENDING_CREATE,
@@ -174,7 +174,7 @@ def ignored_by_infisical(
 
 def new_marker(spec: OctopusDeployConnectionSpec, name: str, now: datetime) -> str:
     """The create marker's annotation value for a new resource (``octoconn.engine``)."""
-    return engine.new_marker(spec.connection_name or name, spec.project_id, now)
+    return creates.new_marker(spec.connection_name or name, spec.project_id, now)
 
 
 def key_digest(api_key: str) -> str:

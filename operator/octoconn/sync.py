@@ -44,7 +44,8 @@ from octoconn.conditions import (
     summarize,
     utcnow,
 )
-from octoconn.engine import SYNCED, AnnotationWriter, FirstPatch
+from octoconn.creates import AnnotationWriter, FirstPatch
+from octoconn.engine import SYNCED
 from octoconn.models import (
     Condition,
     PendingCreate,

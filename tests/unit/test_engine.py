@@ -17,13 +17,14 @@ from pydantic import BaseModel
 
 from octoconn import engine, errors
 from octoconn.conditions import READY, Event, summarize
-from octoconn.engine import FirstPatch, ManagedReconciler, ManagedResource, Observation, Verdict
+from octoconn.creates import FirstPatch, new_marker
+from octoconn.engine import ManagedReconciler, ManagedResource, Observation, Verdict
 from octoconn.models import ANNOTATION_PAUSED, ANNOTATION_PENDING_CREATE, Condition, ManagedStatus, PendingCreate
 from octoconn.models import Refusal as RefusalModel
 from octoconn.ownership import Evidence
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-MARKER = engine.new_marker("w", None, NOW)
+MARKER = new_marker("w", None, NOW)
 
 
 class WidgetSpec(BaseModel):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from octoconn.conditions import Event, Outcome
-from octoconn.engine import FirstPatch
+from octoconn.creates import FirstPatch
 from octoconn.models import ANNOTATION_PENDING_CREATE, PLURAL
 from octoconn.runtime import Runtime
 from octoconn.stores import StatusMemory
