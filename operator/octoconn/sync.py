@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from octoconn import conditions, errors, ownership
+from octoconn import conditions, destination, errors, ownership
 from octoconn.apikeys import api_key_from
 from octoconn.conditions import (
     READY,
@@ -106,6 +106,8 @@ class SyncStore(Protocol):
     async def trigger_sync(self, sync_id: str) -> SecretSync | None: ...
 
     async def delete_sync(self, sync_id: str, *, remove_secrets: bool) -> SecretSync | None: ...
+
+    async def list_secret_keys(self, *, project_id: str, environment: str, secret_path: str) -> list[str]: ...
 
 
 class SyncStoreFactory(Protocol):
@@ -502,13 +504,15 @@ class SyncReconciler:
             assert connection.status.id is not None  # a Ready connection has one
             remote, adopted = await self._find(res, store, connection.status.id, now, first_patch)
             rerun = remote is not None and self._rerun_due(remote, status, now)
+            before, found = remote, None
             if not destination_ok or remote is None or rerun:
-                await self._verify_destination(res, status, connection, api_key, now)
+                found = await self._verify_destination(res, status, connection, api_key, now, store)
             else:
                 self._check_conflicts(res, status)
             assert status.destination is not None  # set by the verification
             desired = desired_body(res, connection.status.id, status.destination)
             remote, action = await self._write(res, status, store, remote, desired, now)
+            left = await self._left_behind(res, status, before, found, api_key) if action is not None else None
             action = adopted or action
             if action is not None:
                 status.handled_sync_request = res.sync_request  # the write itself runs a sync
@@ -549,6 +553,8 @@ class SyncReconciler:
         outcome.requeue_after = requeue
         if action is not None:
             outcome.events.insert(0, action)
+        if left is not None:
+            outcome.events.append(left)
         return outcome
 
     async def finalize(self, res: SyncResource) -> list[Event]:
@@ -729,7 +735,9 @@ class SyncReconciler:
         connection: Connection,
         api_key: str,
         now: datetime,
-    ) -> None:
+        store: SyncStore,
+    ) -> OctopusDestination:
+        """Check the destination and set ``DestinationVerified``; what Octopus showed (variables without values)."""
         url = connection.status.instance_url or normalize_instance_url(connection.spec.instance_url)
         dest = res.spec.destination
         found = await self._octopus.inspect_destination(url, api_key, space=dest.space, project=dest.project)
@@ -752,14 +760,66 @@ class SyncReconciler:
             scope=scope if scope.model_dump(exclude_none=True) else None,
         )
         self._check_conflicts(res, status)
+        reason, message = (
+            "DestinationVerified",
+            f"{where} exists and user {found.user.name} may view and edit its variables.",
+        )
+        clashes = await self._clashes(res, store, found)
+        if clashes:
+            reason, message = destination.CLASH_REASON, destination.clash_message(clashes, where=f"Octopus {where}")
         status.conditions = set_condition(
             status.conditions,
             type_=DESTINATION_VERIFIED,
             status="True",
-            reason="DestinationVerified",
-            message=f"{where} exists and user {found.user.name} may view and edit its variables.",
+            reason=reason,
+            message=message,
             generation=res.generation,
             now=now,
+        )
+        return found
+
+    async def _clashes(self, res: SyncResource, store: SyncStore, found: OctopusDestination) -> list[str]:
+        """The names this sync will write that a non-sensitive variable of the project also has (one paced read of
+        the secret names, at destination checks only). Advisory: a failed read leaves the check out, not the sync."""
+        source = res.spec.source
+        try:
+            keys = await store.list_secret_keys(
+                project_id=source.project_id,
+                environment=source.environment,
+                secret_path=normalize_path(source.secret_path),
+            )
+        except errors.OctoconnError:
+            return []  # the create or update that follows meets the same cause and reports it
+        written = destination.variable_names(keys, key_schema=res.spec.key_schema, environment=source.environment)
+        return destination.clashing_names(found.variables, written)
+
+    async def _left_behind(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        before: SecretSync | None,
+        found: OctopusDestination | None,
+        api_key: str,
+    ) -> Event | None:
+        """After a write that changed the keySchema: the Warning naming what the old schema leaves in Octopus.
+        Infisical's sync had the old schema until this write, so no later pass or restart finds it to report again."""
+        old = destination.schema_change(before.sync_options.get("keySchema"), res.spec.key_schema) if before else None
+        dest = status.destination
+        if old is None or before is None or dest is None:
+            return None
+        if found is None:  # verified at an earlier pass (whose update failed): read the variables now
+            try:
+                found = await self._octopus.inspect_destination(
+                    dest.instance_url or "", api_key, space=dest.space_id or "", project=dest.project_id or ""
+                )
+            except errors.OctoconnError:
+                return None  # the write is done; a read that went unanswered must not fail it
+        environment = res.spec.source.environment
+        return destination.left_behind_event(
+            found.variables,
+            old=(old, before.environment or environment),
+            new=(res.spec.key_schema, environment),
+            where=_where(dest),
         )
 
     def _check_conflicts(self, res: SyncResource, status: OctopusDeploySecretSyncStatus) -> None:
@@ -974,7 +1034,10 @@ class SyncReconciler:
             generation=res.generation,
             now=now,
         )
-        return Outcome(status=status, events=transition_events(res.status, status), error=error)
+        events = transition_events(res.status, status) + destination.clash_events(
+            res.status.condition(DESTINATION_VERIFIED), status.condition(DESTINATION_VERIFIED)
+        )
+        return Outcome(status=status, events=events, error=error)
 
 
 class RemovingSecrets(errors.OctoconnError):
