@@ -164,11 +164,13 @@ class Lookup(Generic[RemoteT]):
 
 @dataclass(frozen=True)
 class Verdict:
-    """What ``record`` makes of the remote object: ``Synced``, the error that sets the retry pace, a requeue."""
+    """What ``record`` makes of the remote object: ``Synced``, the error that sets the retry pace, a requeue, and
+    Events that come last (after what the pass changed)."""
 
     synced: Synced
     error: errors.OctoconnError | None = None
     requeue_after: float | None = None
+    events: tuple[Event, ...] = ()
 
 
 def needs_write(before: ManagedStatus, after: ManagedStatus, now: float, *, heartbeats: tuple[str, ...] = ()) -> bool:
@@ -238,11 +240,12 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
         status.id = remote.id
         for name, attribute in self.copied.items():
             setattr(status, name, getattr(remote, attribute))
-        verdict = self.record(res, status, prepared, remote, action, now)
+        verdict = self.record(res, status, prepared, observed, remote, action, now)
         outcome = self.finish(res, status, now, synced=verdict.synced, error=verdict.error)
         outcome.requeue_after = verdict.requeue_after
         if action is not None:
             outcome.events.insert(0, action)  # what was done, before what it changed
+        outcome.events.extend(verdict.events)
         return outcome
 
     def _begin(self, res: ResT) -> Any:
@@ -475,7 +478,14 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
 
     @abstractmethod
     def record(
-        self, res: ResT, status: Any, prepared: PrepT, remote: RemoteT, action: Event | None, now: datetime
+        self,
+        res: ResT,
+        status: Any,
+        prepared: PrepT,
+        observed: ObsT,
+        remote: RemoteT,
+        action: Event | None,
+        now: datetime,
     ) -> Verdict:
         """Judge the remote object (``copied`` is in status already) and record what else it says."""
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _CONNECTIONS = "/api/v1/app-connections/octopus-deploy"
 _SYNCS = "/api/v1/secret-syncs/octopus-deploy"
+_SECRETS = "/api/v3/secrets/raw"
 _DUPLICATE_NAME = re.compile(r'An App Connection with the name "(?P<name>.*)" already exists')
 # A lookup by name under our app's path finds another app's connection: names are unique across all apps.
 _OTHER_APP = re.compile(r'App Connection with name (?P<name>.*) is not for App "(?P<app>[^"]*)"')
@@ -272,6 +273,37 @@ class InfisicalClient:
             missing_ok=True,
         )
         return None if response.status_code == 404 else self._sync(response, what=what)
+
+    # --- secrets (names only) ------------------------------------------------------------------------------------
+    async def list_secret_keys(self, *, project_id: str, environment: str, secret_path: str) -> list[str]:
+        """The keys a sync of this folder writes: the folder's own secrets, then those of its imports.
+
+        Only names: ``viewSecretValue=false`` makes Infisical leave every value out, so none reaches this process.
+        """
+        what = f"list the secret names at {environment}:{secret_path}"
+        params = {
+            "workspaceId": project_id,
+            "environment": environment,
+            "secretPath": secret_path,
+            "viewSecretValue": "false",
+            "include_imports": "true",
+        }
+        with _project_scoped(project_id):
+            response = await self._call("GET", _SECRETS, params=params, what=what)
+        body = json_object(response) or {}
+        own, imports = body.get("secrets"), body.get("imports")
+        if not isinstance(own, list):
+            raise errors.InfisicalUnavailable(
+                f"Infisical at {self.base_url} answered the request to {what} with HTTP {response.status_code} but "
+                f"not with a list of secrets{_ref(response)}: check that the Infisical URL points at the API"
+            )
+        imported = (
+            [s for i in imports if isinstance(i, dict) for s in i.get("secrets") or ()]
+            if isinstance(imports, list)
+            else []
+        )
+        keys = (s.get("secretKey") for s in [*own, *imported] if isinstance(s, dict))
+        return list(dict.fromkeys(k for k in keys if isinstance(k, str) and k))
 
     def _sync(self, response: httpx.Response, *, what: str) -> SecretSync:
         body = json_object(response)
@@ -580,6 +612,8 @@ def _operation(method: str, path: str) -> str:
         if method == "GET":
             return "sync_get_by_name" if "/sync-name/" in path else "sync_get"
         return {"POST": "sync_create", "PATCH": "sync_update", "DELETE": "sync_delete"}.get(method, method.lower())
+    if path.startswith(_SECRETS):
+        return "secrets_list"
     if method == "GET":
         return "get_by_name" if "/connection-name/" in path else "get"
     return {"POST": "create", "PATCH": "update", "DELETE": "delete"}.get(method, method.lower())

@@ -692,6 +692,7 @@ class ConnectionReconciler(
         res: Resource,
         status: OctopusDeployConnectionStatus,
         prepared: Verified,
+        observed: ConnectionObservation,
         remote: AppConnection,
         action: Event | None,
         now: datetime,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from octoconn import conditions, engine, errors, ownership
+from octoconn import conditions, destination, engine, errors, ownership
 from octoconn.apikeys import api_key_from
 from octoconn.conditions import (
     READY,
@@ -107,6 +107,8 @@ class SyncStore(Protocol):
     async def trigger_sync(self, sync_id: str) -> SecretSync | None: ...
 
     async def delete_sync(self, sync_id: str, *, remove_secrets: bool) -> SecretSync | None: ...
+
+    async def list_secret_keys(self, *, project_id: str, environment: str, secret_path: str) -> list[str]: ...
 
 
 class SyncStoreFactory(Protocol):
@@ -411,6 +413,8 @@ class SyncObservation(engine.Observation[SecretSync]):
     desired: dict[str, Any]  # the complete create body for this spec
     adopted: Event | None = None  # the sync an unanswered create of ours made, adopted
     rerun: bool = False  # a failed run is due to be run again
+    inspected: OctopusDestination | None = None  # what Octopus showed, when this pass verified the destination
+    left: Event | None = None  # set by update: what a keySchema change leaves in Octopus
 
 
 class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObservation, SecretSync, SyncStore]):
@@ -528,13 +532,15 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         destination_ok = self._verified(res, status, prepared.connection)
         remote, adopted = await self._find(res, prepared, now, first_patch)
         rerun = remote is not None and self._rerun_due(remote, status, now)
+        inspected = None
         if not destination_ok or remote is None or rerun:
-            await self._verify_destination(res, status, prepared.connection, prepared.api_key, now)
+            connection, api_key = prepared.connection, prepared.api_key
+            inspected = await self._verify_destination(res, status, connection, api_key, now, prepared.store)
         else:
             self._check_conflicts(res, status)
         assert status.destination is not None  # set by the verification
         desired = desired_body(res, prepared.connection_id, status.destination)
-        return SyncObservation(remote=remote, desired=desired, adopted=adopted, rerun=rerun)
+        return SyncObservation(remote=remote, desired=desired, adopted=adopted, rerun=rerun, inspected=inspected)
 
     async def _find(
         self, res: SyncResource, prepared: Prepared, now: datetime, first_patch: FirstPatch | None
@@ -590,7 +596,9 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         connection: Connection,
         api_key: str,
         now: datetime,
-    ) -> None:
+        store: SyncStore,
+    ) -> OctopusDestination:
+        """Check the destination and set ``DestinationVerified``; what Octopus showed (variables without values)."""
         url = connection.status.instance_url or normalize_instance_url(connection.spec.instance_url)
         dest = res.spec.destination
         found = await self._octopus.inspect_destination(url, api_key, space=dest.space, project=dest.project)
@@ -613,14 +621,66 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
             scope=scope if scope.model_dump(exclude_none=True) else None,
         )
         self._check_conflicts(res, status)
+        reason, message = (
+            "DestinationVerified",
+            f"{where} exists and user {found.user.name} may view and edit its variables.",
+        )
+        clashes = await self._clashes(res, store, found)
+        if clashes:
+            reason, message = destination.CLASH_REASON, destination.clash_message(clashes, where=f"Octopus {where}")
         status.conditions = set_condition(
             status.conditions,
             type_=DESTINATION_VERIFIED,
             status="True",
-            reason="DestinationVerified",
-            message=f"{where} exists and user {found.user.name} may view and edit its variables.",
+            reason=reason,
+            message=message,
             generation=res.generation,
             now=now,
+        )
+        return found
+
+    async def _clashes(self, res: SyncResource, store: SyncStore, found: OctopusDestination) -> list[str]:
+        """The names this sync will write that a non-sensitive variable of the project also has (one paced read of
+        the secret names, at destination checks only). Advisory: a failed read leaves the check out, not the sync."""
+        source = res.spec.source
+        try:
+            keys = await store.list_secret_keys(
+                project_id=source.project_id,
+                environment=source.environment,
+                secret_path=normalize_path(source.secret_path),
+            )
+        except errors.OctoconnError:
+            return []  # the create or update that follows meets the same cause and reports it
+        written = destination.variable_names(keys, key_schema=res.spec.key_schema, environment=source.environment)
+        return destination.clashing_names(found.variables, written)
+
+    async def _left_behind(
+        self,
+        res: SyncResource,
+        status: OctopusDeploySecretSyncStatus,
+        before: SecretSync | None,
+        found: OctopusDestination | None,
+        api_key: str,
+    ) -> Event | None:
+        """After a write that changed the keySchema: the Warning naming what the old schema leaves in Octopus.
+        Infisical's sync had the old schema until this write, so no later pass or restart finds it to report again."""
+        old = destination.schema_change(before.sync_options.get("keySchema"), res.spec.key_schema) if before else None
+        dest = status.destination
+        if old is None or before is None or dest is None:
+            return None
+        if found is None:  # verified at an earlier pass (whose update failed): read the variables now
+            try:
+                found = await self._octopus.inspect_destination(
+                    dest.instance_url or "", api_key, space=dest.space_id or "", project=dest.project_id or ""
+                )
+            except errors.OctoconnError:
+                return None  # the write is done; a read that went unanswered must not fail it
+        environment = res.spec.source.environment
+        return destination.left_behind_event(
+            found.variables,
+            old=(old, before.environment or environment),
+            new=(res.spec.key_schema, environment),
+            where=_where(dest),
         )
 
     def _check_conflicts(self, res: SyncResource, status: OctopusDeploySecretSyncStatus) -> None:
@@ -699,6 +759,7 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
             if not res.spec.auto_sync:
                 remote = await store.trigger_sync(remote.id) or remote
             action = Event("Normal", "Updated", f"Updated {', '.join(sorted(patch))} of secret sync {remote.id}.")
+            observed.left = await self._left_behind(res, status, observed.remote, observed.inspected, prepared.api_key)
         action = observed.adopted or action
         return await self._after_write(res, status, store, remote, action, rerun=observed.rerun and action is None)
 
@@ -785,6 +846,7 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         res: SyncResource,
         status: OctopusDeploySecretSyncStatus,
         prepared: Prepared,
+        observed: SyncObservation,
         remote: SecretSync,
         action: Event | None,
         now: datetime,
@@ -798,15 +860,21 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         status.last_sync_message = (
             readable_message(remote.last_sync_message, secrets) if remote.last_sync_message else None
         )
+        left = (observed.left,) if observed.left is not None else ()
         if state[1] == "SyncFailed":
             self._polls.pop(res.uid, None)
-            return engine.Verdict(state, error=errors.SyncFailed(state[2]))
+            return engine.Verdict(state, error=errors.SyncFailed(state[2]), events=left)
         if state[0] == "Unknown":
             polls = self._polls.get(res.uid, 0)
             self._polls[res.uid] = polls + 1
-            return engine.Verdict(state, requeue_after=POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)])
+            return engine.Verdict(state, requeue_after=POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)], events=left)
         self._polls.pop(res.uid, None)
-        return engine.Verdict(state)
+        return engine.Verdict(state, events=left)
+
+    def events(self, res: SyncResource, status: OctopusDeploySecretSyncStatus) -> list[Event]:
+        return destination.clash_events(
+            res.status.condition(DESTINATION_VERIFIED), status.condition(DESTINATION_VERIFIED)
+        )
 
     def summarize(self, res: SyncResource, status: OctopusDeploySecretSyncStatus, now: datetime) -> list[Condition]:
         return summarize(

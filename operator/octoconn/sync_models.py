@@ -158,7 +158,9 @@ class SyncOptions(_Spec):
             description="Variable name template, e.g. WEB_{{secretKey}}. Must contain {{secretKey}}; may contain "
             "{{environment}}; other characters only letters, digits, _, - and /. Two syncs into one Octopus project "
             "need key schemas that cannot produce the same names: without one, a sync owns every sensitive "
-            "variable of the project.",
+            "variable of the project. Changing it leaves the variables written under the old names in Octopus: "
+            "Infisical no longer touches them and the operator does not delete them (it cannot tell which the sync "
+            "wrote); a Warning Event (VariablesLeftInOctopus) names them once.",
             min_length=1,
             max_length=255,
             pattern=KEY_SCHEMA_PATTERN,

@@ -385,3 +385,43 @@ def test_no_key_or_secret_value_in_logs_events_status_or_annotations(world: Worl
     blob = "\n".join(texts)
     assert [s[:6] + "..." for s in secrets if s in blob] == []
     assert [s[:6] + "..." for s in secrets if base64.b64encode(s.encode()).decode() in blob] == []
+
+
+def test_a_key_schema_change_keeps_the_old_variables_and_says_so_once(
+    restartable: tuple[Kube, OperatorProcess], remotes: Remotes
+) -> None:
+    kube, operator = restartable
+    operator.start()
+    world = make_world(kube, remotes)
+    world.syncs.apply("renamed", world.spec(options={"keySchema": "OLD_{{secretKey}}"}))
+    ready(world.syncs, "renamed")
+    world.wait_octopus(lambda v: "OLD_DB_PASS" in v and "OLD_API_TOKEN" in v, "the old names")
+
+    world.syncs.patch("renamed", {"spec": {"options": {"keySchema": "NEW_{{secretKey}}"}}})
+    world.wait_octopus(lambda v: "NEW_DB_PASS" in v and "NEW_API_TOKEN" in v, "the new names")
+    event = kube.wait_event("renamed", "VariablesLeftInOctopus")
+    assert event.type == "Warning"
+    assert "OLD_DB_PASS" in event.message
+    assert "OLD_API_TOKEN" in event.message
+    assert "s3cret" not in event.message
+
+    def left_events() -> int:
+        return sum(e.count or 1 for e in kube.events("renamed") if e.reason == "VariablesLeftInOctopus")
+
+    # Further passes, then a restart followed by passes: the Event is not posted again.
+    for round_ in ("before", "after"):
+        if round_ == "after":
+            operator.stop()
+            operator.start()
+        for poke in range(3):
+            world.syncs.patch("renamed", {"metadata": {"annotations": {"example.com/touched": f"{round_}-{poke}"}}})
+            time.sleep(1)
+        time.sleep(2)  # a negative check: give a (wrong) second Event time to be posted
+        assert left_events() == 1
+    assert world.syncs.condition("renamed", "Ready")["status"] == "True"  # type: ignore[index]
+
+    # Kept, with their last values: neither Infisical nor the operator removed them.
+    variables = world.variables()
+    assert variables["OLD_DB_PASS"]["Value"] == "s3cret-db-pass"
+    assert variables["OLD_API_TOKEN"]["Value"] == "s3cret-api-token"
+    assert variables["NEW_DB_PASS"]["Value"] == "s3cret-db-pass"

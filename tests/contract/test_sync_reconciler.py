@@ -17,6 +17,7 @@ import pytest
 
 from octoconn import errors
 from octoconn.apikeys import SecretData
+from octoconn.conditions import Event
 from octoconn.infisical import InfisicalClient, UniversalAuth
 from octoconn.models import ANNOTATION_PENDING_CREATE
 from octoconn.octopus import OctopusClient
@@ -185,6 +186,21 @@ async def settle(
         status = outcome.status
         if outcome.requeue_after is None:
             return status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never settled: {status.conditions}")
+
+
+async def settle_with_events(
+    setup: Setup, res: Callable[[OctopusDeploySecretSyncStatus], SyncResource], status: OctopusDeploySecretSyncStatus
+) -> tuple[OctopusDeploySecretSyncStatus, list[Event]]:
+    """``settle``, keeping every Event the passes produced."""
+    events: list[Event] = []
+    for _ in range(100):
+        outcome = await setup.reconciler.reconcile(res(status))
+        status = outcome.status
+        events += outcome.events
+        if outcome.requeue_after is None:
+            return status, events
         await asyncio.sleep(0.1)
     raise AssertionError(f"never settled: {status.conditions}")
 
@@ -540,3 +556,116 @@ async def test_a_recreate_never_adopts_a_same_named_sync_made_since(setup: Setup
     assert outcome.error.reason == "NameConflict"
     assert outcome.status.id == first.status.id  # still the recorded (gone) one, not the stranger's
     assert made.id in outcome.error.message
+
+
+def _restarted(setup: Setup) -> SyncReconciler:
+    """A new reconciler over the same servers and cluster state: what an operator restart starts from."""
+    return SyncReconciler(
+        connections=setup.kube,
+        secrets=setup.kube,
+        octopus=setup.octopus_client,
+        stores=Stores(setup.client),
+        status_writer=setup.kube,
+    )
+
+
+@pytest.mark.parametrize("patch_fails_once", [False, True], ids=["at-once", "after-a-failed-update"])
+async def test_a_key_schema_change_keeps_the_old_variables_and_names_them_once(
+    setup: Setup, patch_fails_once: bool
+) -> None:
+    old, new = {"keySchema": "OLD_{{secretKey}}"}, {"keySchema": "NEW_{{secretKey}}"}
+    status = await settle(setup, lambda s: setup.resource(s, options=old), OctopusDeploySecretSyncStatus())
+    setup.octopus.state.projects.set_variable(setup.project_id, "OLD_BY_HAND", "typed", sensitive=True)
+    setup.octopus.state.projects.set_variable(setup.project_id, "OLD_PLAIN", "plain")  # never Infisical's
+    if patch_fails_once:  # verified at generation 2, then the update failed: the next pass reads the variables itself
+        setup.infisical.state.faults.error(500, path_prefix=SYNCS, method="PATCH")
+        failed = await setup.reconciler.reconcile(setup.resource(status, generation=2, options=new))
+        assert failed.error is not None
+        assert not [e for e in failed.events if e.reason == "VariablesLeftInOctopus"]
+        status = failed.status
+
+    changed = await setup.reconciler.reconcile(setup.resource(status, generation=2, options=new))
+    assert changed.error is None, changed.error
+    (left,) = [e for e in changed.events if e.reason == "VariablesLeftInOctopus"]
+    assert left.type == "Warning"
+    assert "OLD_DB_PASS" in left.message
+    assert "OLD_BY_HAND" in left.message
+    assert "OLD_PLAIN" not in left.message
+    assert "from OLD_{{secretKey}} to NEW_{{secretKey}}" in left.message
+    assert "db-pass-value" not in left.message
+
+    # Later passes, a periodic check and a restarted operator report nothing again.
+    status = await settle(setup, lambda s: setup.resource(s, generation=2, options=new), changed.status)
+    again = await setup.reconciler.reconcile(setup.resource(status, generation=2, options=new))
+    restarted = await _restarted(setup).reconcile(setup.resource(again.status, generation=2, options=new))
+    for outcome in (again, restarted):
+        assert outcome.error is None, outcome.error
+        assert not [e for e in outcome.events if e.reason == "VariablesLeftInOctopus"]
+
+    # Nothing was removed: the old names stay in Octopus next to the new one, with their values.
+    variables = setup.variables()
+    assert variables["NEW_DB_PASS"]["Value"] == "db-pass-value"
+    assert variables["OLD_DB_PASS"]["Value"] == "db-pass-value"
+    assert variables["OLD_BY_HAND"]["Value"] == "typed"
+    assert "OLD_PLAIN" in variables
+
+
+async def test_a_key_schema_change_that_leaves_nothing_says_nothing(setup: Setup) -> None:
+    status = await settle(
+        setup, lambda s: setup.resource(s, options={"keySchema": "WEB_{{secretKey}}"}), OctopusDeploySecretSyncStatus()
+    )
+    # To no schema: the new sync matches every name, so nothing is left outside it.
+    changed = await setup.reconciler.reconcile(setup.resource(status, generation=2))
+    assert changed.error is None, changed.error
+    assert any(e.reason == "Updated" for e in changed.events)
+    assert not [e for e in changed.events if e.reason == "VariablesLeftInOctopus"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "sensitive", "key_schema", "clash"),
+    [
+        ("DB_PASS", False, None, True),
+        ("db_pass", False, None, True),  # one name to Octopus
+        ("WEB_DB_PASS", False, "WEB_{{secretKey}}", True),
+        ("DB_PASS", False, "WEB_{{secretKey}}", False),  # the sync writes WEB_DB_PASS, not DB_PASS
+        ("DB_PASS", True, None, False),  # sensitive: Infisical replaces it, no second variable
+    ],
+)
+async def test_a_non_sensitive_variable_with_a_written_name_is_named_once(
+    setup: Setup, variable: str, sensitive: bool, key_schema: str | None, clash: bool
+) -> None:
+    setup.octopus.state.projects.set_variable(setup.project_id, variable, "plain-value", sensitive=sensitive)
+    options = {"options": {"keySchema": key_schema}} if key_schema else {}
+    infisical_reads = len(setup.infisical.state.requests)
+    status, seen = await settle_with_events(
+        setup, lambda s: setup.resource(s, **options), OctopusDeploySecretSyncStatus()
+    )
+    lists = [r for r in setup.infisical.state.requests[infisical_reads:] if r.path.startswith("/api/v3/secrets/raw")]
+    assert len(lists) == 1  # one read of the names, at the destination check, and none while following the run
+    assert lists[0].query.get("viewSecretValue") == "false"
+    verified = status.condition("DestinationVerified")
+    ready = status.condition("Ready")
+    assert verified is not None
+    assert ready is not None
+    assert verified.status == "True"
+    assert (ready.status, ready.reason) == ("True", "Available")
+    events = [e for e in seen if e.reason == "VariableNameClash"]
+    if not clash:
+        assert verified.reason == "DestinationVerified"
+        assert events == []
+        return
+    written = key_schema.replace("{{secretKey}}", "DB_PASS") if key_schema else "DB_PASS"
+    assert verified.reason == "VariableNameClash"
+    assert written in verified.message
+    (event,) = events
+    assert event.type == "Warning"
+    assert event.message == verified.message
+    assert "db-pass-value" not in json.dumps(status.to_patch()) + event.message
+
+    # Another destination check finds the same (a restart, then a new generation of the same spec): no new Event.
+    setup.reconciler = _restarted(setup)
+    status, seen = await settle_with_events(setup, lambda s: setup.resource(s, generation=2, **options), status)
+    verified = status.condition("DestinationVerified")
+    assert verified is not None
+    assert (verified.reason, verified.observed_generation) == ("VariableNameClash", 2)
+    assert not [e for e in seen if e.reason == "VariableNameClash"]

@@ -9,7 +9,7 @@ Routes (machine-identity Bearer token; ``workspaceId`` also accepted as ``projec
 
 | Route | Body / query | 200 body |
 |---|---|---|
-| GET /api/v3/secrets/raw | ?workspaceId&environment&secretPath=/ | ``{secrets: [secret...], imports: []}`` |
+| GET /api/v3/secrets/raw | ?workspaceId&environment&secretPath=/&viewSecretValue=true | ``{secrets, imports: []}`` |
 | GET /api/v3/secrets/raw/{name} | same query | ``{secret}`` |
 | POST /api/v3/secrets/raw/{name} | {workspaceId, environment, secretPath?, secretValue, secretComment?} | secret |
 | PATCH /api/v3/secrets/raw/{name} | {workspaceId, environment, secretPath?, secretValue?, secretComment?} | secret |
@@ -20,7 +20,8 @@ Routes (machine-identity Bearer token; ``workspaceId`` also accepted as ``projec
 
 A secret: ``{id, _id, workspace, environment, version, type: "shared", secretKey, secretValue, secretComment,
 secretReminderNote, secretReminderRepeatDays, skipMultilineEncoding, createdAt, updatedAt, secretPath, tags,
-secretMetadata}``.
+secretMetadata, secretValueHidden}``. With ``viewSecretValue=false`` (on the list) every ``secretValue`` is
+Infisical's mask ``<hidden-by-infisical>`` and ``secretValueHidden`` is true.
 
 Behaviour → test in tests/servers/test_infisical_secrets.py:
 
@@ -29,6 +30,7 @@ Behaviour → test in tests/servers/test_infisical_secrets.py:
 | projects start with dev, staging, prod and a root folder | test_projects_start_with_three_environments |
 | create, read, list, update, delete a secret over HTTP | test_secret_crud_over_http |
 | secret shape | test_secret_crud_over_http |
+| list with viewSecretValue=false: keys, no values | test_listing_without_values |
 | duplicate create → 400; missing → 404 | test_duplicate_and_missing_secrets |
 | unknown project / environment / folder → 404 | test_unknown_project_environment_or_folder |
 | project of another org → 403 | test_project_of_another_org_is_forbidden |
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 
 DEFAULT_ENVIRONMENTS = (("Development", "dev"), ("Staging", "staging"), ("Production", "prod"))
 FOLDER_NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
+HIDDEN_VALUE = "<hidden-by-infisical>"  # upstream's INFISICAL_SECRET_VALUE_HIDDEN_MASK
 
 Listener = Callable[[str, str, str], None]  # (project id, environment slug, folder path)
 
@@ -316,7 +319,7 @@ class SecretApi:
             raise ApiError(404, f"Folder with path '{path}' in environment with slug '{environment}' not found")
         return folder
 
-    def _view(self, folder: _Folder, secret: _Secret) -> dict[str, Any]:
+    def _view(self, folder: _Folder, secret: _Secret, *, hidden: bool = False) -> dict[str, Any]:
         from tests.servers.infisical import _iso
 
         return {
@@ -327,7 +330,7 @@ class SecretApi:
             "version": secret.version,
             "type": "shared",
             "secretKey": secret.key,
-            "secretValue": secret.value,
+            "secretValue": HIDDEN_VALUE if hidden else secret.value,
             "secretComment": secret.comment,
             "secretReminderNote": None,
             "secretReminderRepeatDays": None,
@@ -337,6 +340,7 @@ class SecretApi:
             "secretPath": folder.path,
             "tags": [],
             "secretMetadata": [],
+            "secretValueHidden": hidden,
         }
 
     def _secret_of(self, folder: _Folder, name: str) -> _Secret:
@@ -351,9 +355,10 @@ class SecretApi:
 
     async def list(self, request: web.Request, params: dict[str, str], actor: _Actor, body: Any) -> tuple[int, Any]:
         project_id, environment, path = self._source(dict(request.query), actor)
+        hidden = request.query.get("viewSecretValue", "true").lower() == "false"  # zod convertStringBoolean(true)
         with self.server.state._lock:
             folder = self.store._folder_at(project_id, environment, path)
-            secrets = [self._view(folder, s) for s in folder.secrets.values()] if folder is not None else []
+            secrets = [self._view(folder, s, hidden=hidden) for s in folder.secrets.values()] if folder else []
         return 200, {"secrets": secrets, "imports": []}
 
     async def get(self, request: web.Request, params: dict[str, str], actor: _Actor, body: Any) -> tuple[int, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,18 @@ def test_secret_crud_over_http(api: httpx.Client, infisical: InfisicalServer, pr
     deleted = api.request("DELETE", f"{RAW}/DB_PASS", json=where(project))
     assert deleted.json()["secret"]["secretValue"] == "new"
     assert infisical.state.secrets.secrets(project, "prod", "/") == {}
+
+
+def test_listing_without_values(api: httpx.Client, infisical: InfisicalServer, project: str) -> None:
+    # What the operator asks for when it only needs the names: Infisical masks every value.
+    infisical.state.secrets.set_secret(project, "prod", "/", "DB_PASS", "hunter2")
+    listed = api.get(RAW, params={**where(project), "viewSecretValue": "false"}).json()["secrets"]
+    assert [(s["secretKey"], s["secretValue"], s["secretValueHidden"]) for s in listed] == [
+        ("DB_PASS", "<hidden-by-infisical>", True)
+    ]
+    assert "hunter2" not in json.dumps(listed)
+    shown = api.get(RAW, params={**where(project), "viewSecretValue": "true"}).json()["secrets"]
+    assert [(s["secretValue"], s["secretValueHidden"]) for s in shown] == [("hunter2", False)]
 
 
 def test_duplicate_and_missing_secrets(api: httpx.Client, project: str) -> None:

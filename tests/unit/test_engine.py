@@ -136,7 +136,14 @@ class WidgetReconciler(ManagedReconciler[Widget, Store, Observation[Remote], Rem
         return "False", error.reason, error.message
 
     def record(
-        self, res: Widget, status: Any, prepared: Store, remote: Remote, action: Event | None, now: datetime
+        self,
+        res: Widget,
+        status: Any,
+        prepared: Store,
+        observed: Observation[Remote],
+        remote: Remote,
+        action: Event | None,
+        now: datetime,
     ) -> Verdict:
         return Verdict(("True", "UpToDate", f"widget {remote.id} matches"))
 
