@@ -21,7 +21,7 @@ remote object. The engine owns, the same way for both kinds:
    of what was done (``update`` sends nothing and returns None for the Event when it already matches). A create
    goes through ``send_create``, a write Infisical may refuse for good through ``send_once``.
 4. ``record``: judge the remote object, once the engine has copied its id and ``copied`` fields into status:
-   ``Synced``, an error, a requeue.
+   ``Synced``, an error, a requeue, and Events that come last (what ``update`` found worth saying).
 
 A failure in 2 or 3 ends the pass through ``failed``. On deletion the engine calls ``finalizer_store`` and, only for
 an object this resource can show is its own, ``delete``; each of these raises to be retried.
@@ -487,7 +487,8 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
         action: Event | None,
         now: datetime,
     ) -> Verdict:
-        """Judge the remote object (``copied`` is in status already) and record what else it says."""
+        """Judge the remote object (``copied`` is in status already) and record what else it says. ``observed`` is
+        the observation ``create`` or ``update`` worked from, with whatever they added to it."""
 
     @abstractmethod
     def summarize(self, res: ResT, status: Any, now: datetime) -> list[Condition]:
