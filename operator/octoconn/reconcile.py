@@ -566,7 +566,10 @@ class ConnectionReconciler:
         message = action.message if action is not None and reason == "DriftRepaired" else matches
         outcome = self._finish(res, status, now, synced=("True", reason, message))
         if action is not None:
-            outcome.events.insert(0, action)
+            # A first pass's action (Created, Adopted) already says the resource is Ready: its Available Event would
+            # be one more API-server write per new connection and tell nothing new (issue 19).
+            first = res.status.condition(READY) is None
+            outcome.events = [action, *(e for e in outcome.events if not (first and e.reason == "Available"))]
         return outcome
 
     async def finalize(self, res: Resource) -> list[Event]:

@@ -401,3 +401,22 @@ async def test_a_rotation_after_the_connection_was_deleted_in_infisical_recreate
     assert rotated.status.id not in (None, first.status.id)
     assert infisical.state.connection(rotated.status.id or "") is not None
     assert [e.reason for e in rotated.events] == ["DriftRepaired"]
+
+
+async def test_a_new_connection_posts_one_event_and_a_recovery_still_says_available(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    first = await reconciler.reconcile(resource(octopus))
+    # "Created" says the resource is Ready as well: one Event write per new connection, not two (issue 19).
+    assert [(e.type, e.reason) for e in first.events] == [("Normal", "Created")]
+    assert first.status.condition("Ready").reason == "Available"  # type: ignore[union-attr]
+
+    del secrets.secrets[("team", "key")]
+    failed = await reconciler.reconcile(resource(octopus, first.status))
+    assert [(e.type, e.reason) for e in failed.events] == [("Warning", "SecretNotFound")]
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    recovered = await reconciler.reconcile(resource(octopus, failed.status))
+    assert [(e.type, e.reason) for e in recovered.events] == [("Normal", "Updated"), ("Normal", "Available")]
