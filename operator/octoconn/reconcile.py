@@ -566,7 +566,10 @@ class ConnectionReconciler:
         message = action.message if action is not None and reason == "DriftRepaired" else matches
         outcome = self._finish(res, status, now, synced=("True", reason, message))
         if action is not None:
-            outcome.events.insert(0, action)
+            # A first pass's action (Created, Adopted) already says the resource is Ready: its Available Event would
+            # be one more API-server write per new connection and tell nothing new (issue 19).
+            first = res.status.condition(READY) is None
+            outcome.events = [action, *(e for e in outcome.events if not (first and e.reason == "Available"))]
         return outcome
 
     async def finalize(self, res: Resource) -> list[Event]:
@@ -654,8 +657,13 @@ class ConnectionReconciler:
     ) -> tuple[AppConnection, Event | None]:
         name, description = res.connection_name, res.spec.description
         remote: AppConnection | None = None
-        recreate = False
-        if res.status.id:
+        recreate = pushed = False
+        key_changed = self._key_changed(res, api_key, secret_version)
+        if res.status.id and key_changed and res.status.observed_generation == res.generation:
+            # A new key with the spec as last synced: PATCH it at once, its answer is the row a GET would have read.
+            remote, pushed = await self._push_key(res, status, store, api_key, secret_version, url), True
+            recreate = remote is None
+        elif res.status.id:
             remote = await store.get(res.status.id)
             recreate = remote is None
 
@@ -667,15 +675,16 @@ class ConnectionReconciler:
         if remote is None:
             return await self._create(res, status, store, api_key, secret_version, url, now, first_patch, recreate)
 
-        key_changed = self._key_changed(res, api_key, secret_version)
         plan = plan_update(
             remote=remote,
             desired_name=name,
             desired_description=description,
             instance_url=url,
-            key_changed=key_changed,
-            recorded_hash=res.status.credentials_hash,
+            key_changed=key_changed and not pushed,
+            recorded_hash=None if pushed else res.status.credentials_hash,
         )
+        if plan.empty and pushed:
+            return remote, Event("Normal", "Updated", f"Updated credentials of connection {remote.id}.")
         if plan.empty:
             return remote, None
         try:
@@ -693,8 +702,26 @@ class ConnectionReconciler:
         if plan.drift_repaired:
             message = "credentialsHash was changed outside the cluster; pushed the Secret's key again."
             return updated, Event("Warning", "DriftRepaired", message)
-        changed = [label for label, on in _plan_labels(plan) if on]
+        changed = [label for label, on in _plan_labels(plan) if on or (pushed and label == "credentials")]
         return updated, Event("Normal", "Updated", f"Updated {', '.join(changed)} of connection {updated.id}.")
+
+    async def _push_key(
+        self,
+        res: Resource,
+        status: OctopusDeployConnectionStatus,
+        store: ConnectionStore,
+        api_key: str,
+        version: str,
+        url: str,
+    ) -> AppConnection | None:
+        """PATCH the new key onto the recorded connection; None when Infisical no longer has it."""
+        connection_id = res.status.id or ""
+        try:
+            return await self._write(
+                res, status, "update", version, lambda: store.update(connection_id, credentials=(url, api_key))
+            )
+        except errors.InfisicalNotFound:
+            return None
 
     async def _create(
         self,
