@@ -16,7 +16,9 @@ remote object. The engine owns, the same way for both kinds:
 1. ``prepare``: check what the remote calls need (the key, the referenced connection). Reads only. A failure ends
    the pass through ``unprepared``, which says what ``Synced`` shows while Infisical is not touched.
 2. ``observe``: find the remote object and decide what it lacks. Reads only (the create marker annotation aside,
-   written by the engine's ``find``). Returns an ``Observation`` whose ``remote`` is None when nothing is found.
+   written by the engine's ``find``), but for a write whose answer is the very row a read would return (the
+   connection PATCHes a rotated key at once, through ``send_once``). Returns an ``Observation`` whose ``remote`` is
+   None when nothing is found.
 3. ``create`` when nothing was found, else ``update``: make the remote object match and return it with the Event
    of what was done (``update`` sends nothing and returns None for the Event when it already matches). A create
    goes through ``send_create``, a write Infisical may refuse for good through ``send_once``.
@@ -244,7 +246,7 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
         outcome = self.finish(res, status, now, synced=verdict.synced, error=verdict.error)
         outcome.requeue_after = verdict.requeue_after
         if action is not None:
-            outcome.events.insert(0, action)  # what was done, before what it changed
+            outcome.events = self.with_action(res, action, outcome.events)
         outcome.events.extend(verdict.events)
         return outcome
 
@@ -497,6 +499,11 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
     def events(self, res: ResT, status: Any) -> list[Event]:
         """Events the kind adds to a pass besides ``Ready``'s transition."""
         return []
+
+    def with_action(self, res: ResT, action: Event, events: list[Event]) -> list[Event]:
+        """The pass's Events with what was done first, before what it changed (a kind may leave out an Event the
+        action already tells)."""
+        return [action, *events]
 
     def target(self, res: ResT) -> Target:
         """What the create protocol needs to know of the resource."""

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import watching as kopf_watching
 
 from octoconn.conditions import Event, utcnow
 from octoconn.creates import new_marker as new_sync_marker
@@ -74,6 +75,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     # a finalizer that cannot finish.
     settings.posting.level = logging.ERROR
     settings.watching.server_timeout = 300
+    without_managed_fields()
     # Kopf retries a failed API call (watches included) after 1, 1, 2, 3, 5, 8, 13 and 21 s by default: an outage
     # of a minute or more ends in one of the long sleeps, and changes made meanwhile waited up to 21 s more after
     # the API server was back (19 s measured after 90 s; docs/reliability.md). Same total, no step over 5 s.
@@ -82,6 +84,29 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     memo.runtime = Runtime.build(config, KubeClient())
     await memo.runtime.serve_metrics()
     logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)
+
+
+def without_managed_fields() -> None:
+    """Drop ``metadata.managedFields`` from every watch event before Kopf sees it.
+
+    Kopf keeps the last body of each object that runs a daemon and deep-copies it for each patch; the API server's
+    record of which manager set which field is about half of a connection's body once status is written, and
+    nothing here or in Kopf reads it (issue 19: 1000 connections' bodies held about 24 KiB each). Kopf has no
+    setting for this, so its watch stream (pinned with Kopf in the lock file) is wrapped once."""
+    original = kopf_watching.infinite_watch
+    if getattr(original, "lean", False):
+        return
+
+    async def infinite_watch(**kwargs: Any) -> AsyncIterator[Any]:
+        async for event in original(**kwargs):
+            if isinstance(event, dict):
+                meta = (event.get("object") or {}).get("metadata")
+                if isinstance(meta, dict):
+                    meta.pop("managedFields", None)  # type: ignore[typeddict-item]
+            yield event
+
+    infinite_watch.lean = True  # type: ignore[attr-defined]
+    kopf_watching.infinite_watch = infinite_watch
 
 
 @kopf.on.cleanup()

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from octoconn import conditions, creates, engine, errors, ownership
 from octoconn.apikeys import SecretData, api_key_from
 from octoconn.conditions import (
+    READY,
     TRANSIENT,
     ConditionStatus,
     Event,
@@ -343,6 +344,7 @@ class Verified:
 class ConnectionObservation(engine.Observation[AppConnection]):
     store: ConnectionStore
     recreate: bool = False  # the recorded connection was deleted in Infisical
+    pushed: bool = False  # the new key was PATCHed at once, instead of reading the connection first
     lookup: engine.Lookup[AppConnection] | None = None  # what a create of ours that went unanswered may have made
 
 
@@ -487,11 +489,34 @@ class ConnectionReconciler(
         if status.refused_write is not None and not _refusal_holds(res, status.refused_write, prepared.secret_version):
             status.refused_write = None  # something changed since: the request may be sent again
         store = await self._store_for(res)
+        key_changed = self._key_changed(res, prepared.api_key, prepared.secret_version)
+        if res.status.id and key_changed and res.status.observed_generation == res.generation:
+            # A new key with the spec as last synced: PATCH it at once, its answer is the row a GET would have read
+            # (one Infisical request per rotation instead of two). The one write an observe sends.
+            remote = await self._push_key(res, status, store, prepared)
+            return ConnectionObservation(remote=remote, store=store, recreate=remote is None, pushed=True)
         remote, lookup = await self.find(
             res, store, now, first_patch, lambda found, sent: self._differences(res, found, sent, prepared.url)
         )
         recreate = bool(res.status.id) and remote is None
         return ConnectionObservation(remote=remote, store=store, recreate=recreate, lookup=lookup)
+
+    async def _push_key(
+        self, res: Resource, status: OctopusDeployConnectionStatus, store: ConnectionStore, prepared: Verified
+    ) -> AppConnection | None:
+        """PATCH the new key onto the recorded connection; None when Infisical no longer has it."""
+        connection_id = res.status.id or ""
+        credentials = (prepared.url, prepared.api_key)
+        try:
+            return await self.send_once(
+                res,
+                status,
+                "update",
+                prepared.secret_version,
+                lambda: store.update(connection_id, credentials=credentials),
+            )
+        except errors.InfisicalNotFound:
+            return None
 
     def _differences(self, res: Resource, found: AppConnection, sent: tuple[str, str | None], url: str) -> list[str]:
         return ignored_by_infisical(
@@ -624,16 +649,18 @@ class ConnectionReconciler(
         now: datetime,
     ) -> tuple[AppConnection, Event | None]:
         """PATCH only what differs: credentials only when they really changed (see the module doc)."""
-        remote = observed.remote
+        remote, pushed = observed.remote, observed.pushed
         assert remote is not None  # the engine updates only what was found
         plan = plan_update(
             remote=remote,
             desired_name=res.connection_name,
             desired_description=res.spec.description,
             instance_url=prepared.url,
-            key_changed=self._key_changed(res, prepared.api_key, prepared.secret_version),
-            recorded_hash=res.status.credentials_hash,
+            key_changed=self._key_changed(res, prepared.api_key, prepared.secret_version) and not pushed,
+            recorded_hash=None if pushed else res.status.credentials_hash,
         )
+        if plan.empty and pushed:
+            return remote, Event("Normal", "Updated", f"Updated credentials of connection {remote.id}.")
         if plan.empty:
             return remote, None
         try:
@@ -655,7 +682,7 @@ class ConnectionReconciler(
         if plan.drift_repaired:
             message = "credentialsHash was changed outside the cluster; pushed the Secret's key again."
             return updated, Event("Warning", "DriftRepaired", message)
-        changed = [label for label, on in _plan_labels(plan) if on]
+        changed = [label for label, on in _plan_labels(plan) if on or (pushed and label == "credentials")]
         return updated, Event("Normal", "Updated", f"Updated {', '.join(changed)} of connection {updated.id}.")
 
     def refusal_holds(self, res: Resource, refused: RefusedWrite, request: str) -> bool:
@@ -744,6 +771,12 @@ class ConnectionReconciler(
 
     def events(self, res: Resource, status: OctopusDeployConnectionStatus) -> list[Event]:
         return key_expiry_events(res.status, status, window=self._key_expiry_warning)
+
+    def with_action(self, res: Resource, action: Event, events: list[Event]) -> list[Event]:
+        # A first pass's action (Created, Adopted) already says the resource is Ready: its Available Event would be
+        # one more API-server write per new connection and tell nothing new (issue 19).
+        first = res.status.condition(READY) is None
+        return [action, *(e for e in events if not (first and e.reason == "Available"))]
 
     # -- the rest of the adapter ----------------------------------------------------------------------------------
     def project_of(self, res: Resource) -> str | None:

@@ -144,7 +144,7 @@ def test_operator_runs_with_only_the_charts_rbac_and_kubernetes_auth(
     logins = remotes.infisical.state.requests_to("/api/v1/auth/kubernetes-auth/login", method="POST")
     assert [r.status for r in logins if r.status == 200], "the operator never logged in with Kubernetes Auth"
     assert remotes.infisical.state.token_reviews, "Infisical never reviewed the operator's ServiceAccount token"
-    kube.wait_event("via-chart", "Available")  # the chart's identity may post Events
+    kube.wait_event("via-chart", "Created")  # the chart's identity may post Events
 
     kube.delete_odc("via-chart")
     kube.wait_gone("via-chart")  # the chart's identity may remove its finalizer

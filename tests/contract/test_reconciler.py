@@ -361,3 +361,62 @@ async def test_a_marker_another_replica_wrote_is_looked_up_before_creating(
     assert outcome.status.id == created.id
     assert any(e.reason == "Adopted" for e in outcome.events)
     assert len(creates(infisical)) == 1
+
+
+async def test_a_rotation_is_one_patch_without_a_read_first(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    first = await reconciler.reconcile(resource(octopus, description="Production"))
+
+    mark = len(infisical.state.requests)
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    rotated = await reconciler.reconcile(resource(octopus, first.status, description="Production"))
+    assert rotated.error is None
+    # The PATCH answer is the row: a GET before it would cost a paced read for nothing (issue 19).
+    sent = [(r.method, sorted(r.json or {})) for r in infisical.state.requests[mark:] if "octopus-deploy" in r.path]
+    assert sent == [("PATCH", ["credentials"])]
+    row = infisical.state.connection(first.status.id or "")
+    assert row is not None
+    assert rotated.status.credentials_hash == row["credentialsHash"] != first.status.credentials_hash
+    assert [(e.reason, e.message) for e in rotated.events] == [
+        ("Updated", f"Updated credentials of connection {row['id']}.")
+    ]
+
+
+async def test_a_rotation_after_the_connection_was_deleted_in_infisical_recreates_it(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    first = await reconciler.reconcile(resource(octopus))
+    infisical.state.delete_connection_out_of_band(first.status.id or "")
+
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    rotated = await reconciler.reconcile(resource(octopus, first.status))
+    assert rotated.error is None
+    assert rotated.status.id not in (None, first.status.id)
+    assert infisical.state.connection(rotated.status.id or "") is not None
+    assert [e.reason for e in rotated.events] == ["DriftRepaired"]
+
+
+async def test_a_new_connection_posts_one_event_and_a_recovery_still_says_available(
+    octopus: OctopusServer, infisical: InfisicalServer, octopus_client: OctopusClient, infisical_client: InfisicalClient
+) -> None:
+    secrets = MemorySecrets()
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    reconciler = make_reconciler(secrets, octopus_client, infisical_client, MemoryStatus())
+    first = await reconciler.reconcile(resource(octopus))
+    # "Created" says the resource is Ready as well: one Event write per new connection, not two (issue 19).
+    assert [(e.type, e.reason) for e in first.events] == [("Normal", "Created")]
+    assert first.status.condition("Ready").reason == "Available"  # type: ignore[union-attr]
+
+    del secrets.secrets[("team", "key")]
+    failed = await reconciler.reconcile(resource(octopus, first.status))
+    assert [(e.type, e.reason) for e in failed.events] == [("Warning", "SecretNotFound")]
+    secrets.put("key", {"apiKey": octopus.state.issue_key()})
+    recovered = await reconciler.reconcile(resource(octopus, failed.status))
+    assert [(e.type, e.reason) for e in recovered.events] == [("Normal", "Updated"), ("Normal", "Available")]

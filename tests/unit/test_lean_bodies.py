@@ -1,0 +1,36 @@
+"""The watch bodies Kopf keeps carry no ``managedFields`` (issue 19: memory per resource)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kopf._cogs.clients import watching
+from kopf._core.reactor import queueing
+
+from octoconn.handlers import without_managed_fields
+
+
+async def test_watch_events_reach_kopf_without_managed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    managed = [{"manager": "octoconn", "operation": "Update", "fieldsV1": {"f:status": {"f:id": {}}}}]
+    sent: list[Any] = [
+        {"type": None, "object": {"metadata": {"name": "a", "managedFields": managed}, "status": {"id": "1"}}},
+        watching.Bookmark.LISTED,
+        {"type": "MODIFIED", "object": {"metadata": {"name": "a", "uid": "u", "managedFields": managed}}},
+        {"type": "ERROR", "object": {"kind": "Status", "code": 410}},
+    ]
+
+    async def stream(**_: Any) -> AsyncIterator[Any]:
+        for event in sent:
+            yield event
+
+    monkeypatch.setattr(watching, "infinite_watch", stream)
+    without_managed_fields()
+    without_managed_fields()  # configure() may run again in one process (tests): wrapped once
+    seen = [event async for event in queueing.watching.infinite_watch()]  # the name Kopf's watcher calls
+
+    assert seen[1] is watching.Bookmark.LISTED
+    assert seen[0]["object"] == {"metadata": {"name": "a"}, "status": {"id": "1"}}
+    assert seen[2]["object"]["metadata"] == {"name": "a", "uid": "u"}
+    assert seen[3] == {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
