@@ -236,7 +236,7 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
             if observed.remote is None:
                 remote, action = await self.create(res, status, prepared, observed, now)
             else:
-                remote, action = await self.update(res, status, prepared, observed, now)
+                remote, action = await self.update(res, status, prepared, observed, observed.remote, now)
         except errors.OctoconnError as exc:
             return self.finish(res, status, now, synced=self.failed(res, status, exc, now), error=exc)
         status.id = remote.id
@@ -470,9 +470,9 @@ class ManagedReconciler(ABC, Generic[ResT, PrepT, ObsT, RemoteT, StoreT]):
 
     @abstractmethod
     async def update(
-        self, res: ResT, status: Any, prepared: PrepT, observed: ObsT, now: datetime
+        self, res: ResT, status: Any, prepared: PrepT, observed: ObsT, remote: RemoteT, now: datetime
     ) -> tuple[RemoteT, Event | None]:
-        """Make the found object match; send nothing (Event None) when it already does."""
+        """Make ``remote``, the object found, match; send nothing (Event None) when it already does."""
 
     @abstractmethod
     def failed(self, res: ResT, status: Any, error: errors.OctoconnError, now: datetime) -> Synced:

@@ -646,11 +646,11 @@ class ConnectionReconciler(
         status: OctopusDeployConnectionStatus,
         prepared: Verified,
         observed: ConnectionObservation,
+        remote: AppConnection,
         now: datetime,
     ) -> tuple[AppConnection, Event | None]:
         """PATCH only what differs: credentials only when they really changed (see the module doc)."""
-        remote, pushed = observed.remote, observed.pushed
-        assert remote is not None  # the engine updates only what was found
+        pushed = observed.pushed
         plan = plan_update(
             remote=remote,
             desired_name=res.connection_name,

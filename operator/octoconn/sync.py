@@ -743,11 +743,11 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
         status: OctopusDeploySecretSyncStatus,
         prepared: Prepared,
         observed: SyncObservation,
+        remote: SecretSync,
         now: datetime,
     ) -> tuple[SecretSync, Event | None]:
         """PATCH what differs, nothing when nothing differs; then the sync run a request or a failure asks for."""
-        remote, store = observed.remote, prepared.store
-        assert remote is not None  # the engine updates only what was found
+        store, before = prepared.store, remote
         patch = plan_patch(observed.desired, remote)
         action: Event | None = None
         if patch:
@@ -759,7 +759,7 @@ class SyncReconciler(engine.ManagedReconciler[SyncResource, Prepared, SyncObserv
             if not res.spec.auto_sync:
                 remote = await store.trigger_sync(remote.id) or remote
             action = Event("Normal", "Updated", f"Updated {', '.join(sorted(patch))} of secret sync {remote.id}.")
-            observed.left = await self._left_behind(res, status, observed.remote, observed.inspected, prepared.api_key)
+            observed.left = await self._left_behind(res, status, before, observed.inspected, prepared.api_key)
         action = observed.adopted or action
         return await self._after_write(res, status, store, remote, action, rerun=observed.rerun and action is None)
 

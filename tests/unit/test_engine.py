@@ -123,10 +123,8 @@ class WidgetReconciler(ManagedReconciler[Widget, Store, Observation[Remote], Rem
         return created, Event("Normal", "Created", f"Created widget {created.id}.")
 
     async def update(
-        self, res: Widget, status: Any, prepared: Store, observed: Observation[Remote], now: datetime
+        self, res: Widget, status: Any, prepared: Store, observed: Observation[Remote], remote: Remote, now: datetime
     ) -> tuple[Remote, Event | None]:
-        remote = observed.remote
-        assert remote is not None
         if remote.size == res.spec.size:
             return remote, None
         self.store.calls.append("update")
