@@ -1,13 +1,15 @@
 """Kopf wiring, and nothing else: every decision lives in ``octoconn.reconcile`` and ``octoconn.sync``.
 
-- one daemon per OctopusDeployConnection and per OctopusDeploySecretSync runs the shared reconcile loop
-  (create, resume, periodic check, retries, following a running sync);
-- spec/annotation changes, changes of a referenced Secret, and changes of a sync's connection wake that loop at once;
+- one event handler per kind hands every watch event of an OctopusDeployConnection or OctopusDeploySecretSync to
+  the shared loop (``loop``), whose workers run the passes (create, resume, periodic check, retries, following a
+  running sync); Kopf runs no daemon, so it keeps no task and no body per resource;
+- spec/annotation changes, changes of a referenced Secret, and changes of a sync's connection queue a pass at once;
 - a delete handler per kind, behind our own finalizer, honours ``deletionPolicy``.
 
-Kubernetes writes are kept to two per new connection: Kopf's first patch (the finalizer, which the daemon needs, and
-our create marker, added by ``watch_connections`` to the same patch) and the status the first pass writes. Kopf's
-diff-base annotation is not written at all (``NoDiffBase``): there are no create/update handlers that would need it.
+Kubernetes writes are kept to two per new connection: Kopf's first patch (the finalizer, which the delete handler
+needs, and our create marker, added by ``watch_connections`` to the same patch) and the status the first pass
+writes. Kopf's diff-base annotation is not written at all (``NoDiffBase``): there are no create/update handlers
+that would need it.
 
 Secrets are watched with an *event* handler only: Kopf create/update handlers on Secrets would copy the Secret
 (API key included) into an annotation on the user's Secret.
@@ -22,8 +24,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, cast
 
 import kopf
 from kopf._cogs.clients import watching as kopf_watching
@@ -31,7 +33,7 @@ from kopf._cogs.clients import watching as kopf_watching
 from octoconn.conditions import Event, utcnow
 from octoconn.creates import new_marker as new_sync_marker
 from octoconn.kube import KubeClient, login  # noqa: F401 - login registers Kopf's login handler
-from octoconn.loop import EventSink, Lifecycle, R
+from octoconn.loop import EventSink, Lifecycle, R, Switch
 from octoconn.models import ANNOTATION_PENDING_CREATE, FINALIZER, GROUP, OPERATOR_PREFIX, PLURAL, VERSION
 from octoconn.reconcile import Resource, new_marker
 from octoconn.runtime import Runtime
@@ -45,6 +47,10 @@ STORAGE_PREFIX = OPERATOR_PREFIX
 ODC = (GROUP, VERSION, PLURAL)
 API_ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, *([5.0] * 10))
 ODSS = (GROUP, VERSION, SYNC_PLURAL)
+
+
+# Kopf's operator-paused switch, the one every watch stream of this operator is given (``without_managed_fields``).
+_operator_paused: Switch | None = None
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -82,22 +88,27 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.networking.error_backoffs = API_ERROR_BACKOFFS
     settings.peering.lifetime = config.peering_lifetime_seconds  # unused with --standalone
     memo.runtime = Runtime.build(config, KubeClient())
+    memo.runtime.post_event = _post
     await memo.runtime.serve_metrics()
     logger.info("octoconn configured: infisical=%s auth=%s", config.infisical_url, config.auth_method)
 
 
 def without_managed_fields() -> None:
-    """Drop ``metadata.managedFields`` from every watch event before Kopf sees it.
+    """Drop ``metadata.managedFields`` from every watch event before Kopf sees it, and note Kopf's pause switch.
 
-    Kopf keeps the last body of each object that runs a daemon and deep-copies it for each patch; the API server's
-    record of which manager set which field is about half of a connection's body once status is written, and
-    nothing here or in Kopf reads it (issue 19: 1000 connections' bodies held about 24 KiB each). Kopf has no
-    setting for this, so its watch stream (pinned with Kopf in the lock file) is wrapped once."""
+    The loop keeps the last body of each resource; the API server's record of which manager set which field is about
+    half of a connection's body once status is written, and nothing here or in Kopf reads it (issue 19: 1000
+    connections' bodies held about 24 KiB each). Kopf has no setting for this, so its watch stream (pinned with Kopf
+    in the lock file) is wrapped once. Kopf hands every stream its operator-paused switch (on while another replica
+    holds the peering); the loop follows it, as Kopf's own daemons would (``Loop.follow_pause``)."""
     original = kopf_watching.infinite_watch
     if getattr(original, "lean", False):
         return
 
     async def infinite_watch(**kwargs: Any) -> AsyncIterator[Any]:
+        global _operator_paused
+        if kwargs.get("operator_paused") is not None:
+            _operator_paused = kwargs["operator_paused"]
         async for event in original(**kwargs):
             if isinstance(event, dict):
                 meta = (event.get("object") or {}).get("metadata")
@@ -106,6 +117,7 @@ def without_managed_fields() -> None:
             yield event
 
     infinite_watch.lean = True  # type: ignore[attr-defined]
+    infinite_watch.original = original  # type: ignore[attr-defined]
     kopf_watching.infinite_watch = infinite_watch
 
 
@@ -116,26 +128,22 @@ async def close_clients(memo: Any, **_: Any) -> None:
         await runtime.aclose()
 
 
-@kopf.daemon(*ODC, id="reconcile", cancellation_timeout=10)
-async def reconcile_loop(
-    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
-) -> None:
+@kopf.on.event(*ODC, id="watch-connections")
+async def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **kwargs: Any) -> None:
     runtime: Runtime = memo.runtime
     runtime.connection_owners = kwargs["by_connection"]  # the same live index for every resource
-    await runtime.loop(runtime.connections, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
-
-
-@kopf.on.event(*ODC, id="watch-connections")
-async def watch_connections(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    # Kopf adds the finalizer in this very cycle: the create marker rides in the same patch.
-    if _new(body):
+    if _follow(runtime, type, body, PLURAL):
+        return
+    new = _new(body)
+    if new:
+        # Kopf adds the finalizer in this very cycle: the create marker rides in the same patch.
         res = Resource.from_body(body)
         marker = new_marker(res.spec, res.name, utcnow())
-        memo.runtime.reconciler.remember_marker(res.uid, marker)
+        runtime.reconciler.remember_marker(res.uid, marker)
         # As a transformation, not a merge patch: Kopf sends those together with its finalizer in one JSON patch,
         # whereas a merge patch goes out first, as a request of its own, and makes the finalizer patch conflict.
         patch.fns.append(functools.partial(_set_annotation, ANNOTATION_PENDING_CREATE, marker))
-    memo.runtime.observe(body)
+    runtime.observe(dict(body), new=new)
 
 
 @kopf.index(*ODC, id="by_secret")
@@ -172,26 +180,21 @@ async def finalize(body: kopf.Body, memo: Any, retry: int, **_: Any) -> None:
 
 
 # --- OctopusDeploySecretSync ------------------------------------------------------------------------------------
-@kopf.daemon(*ODSS, id="reconcile", cancellation_timeout=10)
-async def sync_loop(
-    body: kopf.Body, memo: Any, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
-) -> None:
+@kopf.on.event(*ODSS, id="watch-syncs")
+async def watch_syncs(type: str | None, body: kopf.Body, patch: kopf.Patch, memo: Any, **kwargs: Any) -> None:
     runtime: Runtime = memo.runtime
     runtime.sync_peers = kwargs["sync_destinations"]  # the same live indexes for every sync
     runtime.sync_owners = kwargs["syncs_by_id"]
-    await runtime.loop(runtime.syncs, lambda: dict(body), _emitter(body), logger, stopped=lambda: stopped.wait())
-
-
-@kopf.on.event(*ODSS, id="watch-syncs")
-async def watch_syncs(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    # As for connections: the create marker rides in Kopf's finalizer patch of a new sync.
-    if _new(body):
+    if _follow(runtime, type, body, SYNC_PLURAL):
+        return
+    new = _new(body)
+    if new:  # as for connections: the create marker rides in Kopf's finalizer patch of a new sync
         res = SyncResource.from_body(body)
         marker = new_sync_marker(res.sync_name, res.spec.source.project_id, utcnow())
-        memo.runtime.sync_reconciler.remember_marker(res.uid, marker)
+        runtime.sync_reconciler.remember_marker(res.uid, marker)
         patch.fns.append(functools.partial(_set_annotation, ANNOTATION_PENDING_CREATE, marker))
-    # Kopf's update handlers never fire without a diff base (NoDiffBase): syncs wake from the watch events too.
-    memo.runtime.observe(body, plural=SYNC_PLURAL)
+    # Kopf's update handlers never fire without a diff base (NoDiffBase): syncs wake from the watch events.
+    runtime.observe(dict(body), plural=SYNC_PLURAL, new=new)
 
 
 @kopf.index(*ODSS, id="syncs_by_connection")
@@ -260,6 +263,17 @@ async def _finalize(runtime: Runtime, kind: Lifecycle[R], body: kopf.Body, retry
         raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=delay)
 
 
+def _follow(runtime: Runtime, type: str | None, body: kopf.Body, plural: str) -> bool:
+    """Keep the loop in step with Kopf: its pause switch (peering), and resources gone for good. True: gone."""
+    if _operator_paused is not None:
+        runtime.follow_pause(_operator_paused)
+    if type != "DELETED":
+        return False
+    meta = body.get("metadata") or {}
+    runtime.gone(str(meta.get("namespace") or ""), str(meta.get("name") or ""), plural=plural)
+    return True
+
+
 def _new(body: kopf.Body) -> bool:
     """A resource Kopf has not put its finalizer on yet, with nothing recorded and no create marker."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
@@ -271,8 +285,9 @@ def _set_annotation(key: str, value: str, body: dict[str, Any]) -> None:
     body.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
 
 
-def _emitter(body: kopf.Body) -> EventSink:
-    def emit(event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+def _post(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
-    return emit
+
+def _emitter(body: kopf.Body) -> EventSink:
+    return functools.partial(_post, body)

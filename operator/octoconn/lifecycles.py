@@ -72,8 +72,8 @@ class ConnectionLifecycle:
             res.namespace, res.name, ready="False", reason="DeletionBlocked", paused=res.paused, key_expires_at=None
         )
 
-    def forget_metrics(self, res: Resource) -> None:
-        metrics.forget_resource(res.namespace, res.name)
+    def forget_metrics(self, namespace: str, name: str) -> None:
+        metrics.forget_resource(namespace, name)
 
     async def settled(self, res: Resource) -> bool:
         """Ready, reconciled at this generation, no re-check asked for since, its Secret unchanged: nothing to do."""
@@ -135,8 +135,8 @@ class SyncLifecycle:
     def observe_blocked(self, res: SyncResource) -> None:
         metrics.observe_sync(res, res.status, deleting=True)
 
-    def forget_metrics(self, res: SyncResource) -> None:
-        metrics.forget_sync(res.namespace, res.name)
+    def forget_metrics(self, namespace: str, name: str) -> None:
+        metrics.forget_sync(namespace, name)
 
     async def settled(self, res: SyncResource) -> bool:
         """Synced at this generation with no sync request pending: the periodic check will do."""

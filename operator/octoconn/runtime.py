@@ -45,6 +45,8 @@ class Runtime(Loop):
     # secret sync id -> "namespace/name" of the syncs recording it; Kopf's live index, set by the handlers.
     sync_owners: Mapping[str, Iterable[str]] = field(default_factory=dict)
     _metrics_server: Any = None  # aiohttp's AppRunner, while /metrics is served
+    connections: ConnectionLifecycle = field(init=False)
+    syncs: SyncLifecycle = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings, kube: KubeClient) -> Runtime:
@@ -105,18 +107,17 @@ class Runtime(Loop):
         if s.metrics_port:
             self._metrics_server = await metrics.serve(s.metrics_bind_address, s.metrics_port, s.metrics_path)
 
-    @property
-    def connections(self) -> ConnectionLifecycle:
-        return ConnectionLifecycle(self.reconciler, self.secrets)
-
-    @property
-    def syncs(self) -> SyncLifecycle:
-        return SyncLifecycle(self.sync_reconciler, interval=self.settings.sync_check_interval_seconds)
+    def __post_init__(self) -> None:
+        self.connections = ConnectionLifecycle(self.reconciler, self.secrets)
+        self.syncs = SyncLifecycle(self.sync_reconciler, interval=self.settings.sync_check_interval_seconds)
+        self.serve(self.connections)
+        self.serve(self.syncs)
 
     def secret_changed(self, namespace: str, name: str) -> None:
         self.secrets.changed(namespace, name)
 
     async def aclose(self) -> None:
+        await self.stop()
         if self._metrics_server is not None:
             await self._metrics_server.cleanup()
         await self.octopus.aclose()

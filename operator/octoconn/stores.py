@@ -109,7 +109,7 @@ class StorePool:
 class StatusMemory:
     """The ``StatusWriter`` port in front of the Kubernetes client: remembers the last status written per resource.
 
-    Kopf refreshes a daemon's ``body`` from the watch stream, which can lag behind our own writes: a pass that
+    The loop keeps each resource's latest body from the watch stream, which can lag behind our own writes: a pass that
     starts right after a status write may read a body from before it, and would act on that old view (adopt its own
     connection "created by an earlier try" and send the credentials again, or call its own connection or sync a
     NameConflict). The status it last wrote is the truth until the watch shows that write or a later one; ``view``
@@ -143,17 +143,25 @@ class StatusMemory:
 
     def view(self, body: Mapping[str, Any], *, plural: str = PLURAL) -> dict[str, Any]:
         """``body`` with our last written status when the watch has not delivered that write yet."""
+        status = self._ahead_of(body, plural)
+        return dict(body) if status is None else {**body, "status": status}
+
+    def caught_up(self, body: Mapping[str, Any], *, plural: str = PLURAL) -> None:
+        """A watch event: forget our last write once the watch shows it, so 1000 settled resources keep nothing."""
+        self._ahead_of(body, plural)
+
+    def _ahead_of(self, body: Mapping[str, Any], plural: str) -> dict[str, Any] | None:
         meta = body.get("metadata") or {}
         key = (plural, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         written = self._written.get(key)
         if written is None:
-            return dict(body)
+            return None
         uid, version, status = written
         if uid != meta.get("uid") or body.get("status") == status or _not_older(meta.get("resourceVersion"), version):
             # Another object of the same name, or the watch has caught up: the body is the truth again.
             del self._written[key]
-            return dict(body)
-        return {**body, "status": status}
+            return None
+        return status
 
     def forget(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
         self._written.pop((plural, namespace, name), None)

@@ -231,7 +231,7 @@ def test_the_sync_lifecycle_hooks_move_the_sync_series() -> None:
 
     kind.observe_blocked(stored)
     assert sync_series("hooked")["octoconn_secret_sync_ready"] == 0
-    kind.forget_metrics(stored)
+    kind.forget_metrics(stored.namespace, stored.name)
     assert sync_series("hooked") == {}
 
 

@@ -1,19 +1,22 @@
-"""Which watch events wake a resource's loop, now that Kopf keeps no diff base: ``Runtime.observe`` for both kinds."""
+"""Which watch events queue a pass, now that Kopf keeps no diff base: ``Loop.observe`` for both kinds."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from octoconn import loop as loop_module
 from octoconn.conditions import Event, Outcome
 from octoconn.creates import FirstPatch
+from octoconn.loop import Loop
 from octoconn.models import ANNOTATION_PENDING_CREATE, PLURAL
-from octoconn.runtime import Runtime
 from octoconn.stores import StatusMemory
 from octoconn.sync_models import PLURAL as SYNC_PLURAL
 
@@ -62,7 +65,7 @@ class Passes:
     def observe_blocked(self, res: Mapping[str, Any]) -> None:
         return None
 
-    def forget_metrics(self, res: Mapping[str, Any]) -> None:
+    def forget_metrics(self, namespace: str, name: str) -> None:
         return None
 
 
@@ -82,18 +85,9 @@ class StatusLog:
         return None
 
 
-def runtime(kube: StatusLog) -> Runtime:
+def runtime(kube: StatusLog) -> Loop:
     settings = SimpleNamespace(max_workers=4, resync_interval_seconds=3600, retry_backoff_cap_seconds=60)
-    return Runtime(
-        settings=settings,  # type: ignore[arg-type]
-        kube=None,  # type: ignore[arg-type]
-        octopus=None,  # type: ignore[arg-type]
-        stores=None,  # type: ignore[arg-type]
-        reconciler=None,  # type: ignore[arg-type]
-        sync_reconciler=None,  # type: ignore[arg-type]
-        statuses=StatusMemory(kube),  # type: ignore[arg-type]
-        secrets=None,  # type: ignore[arg-type]
-    )
+    return Loop(settings=settings, statuses=StatusMemory(kube))  # type: ignore[arg-type]
 
 
 async def next_pass(kind: Passes) -> bool:
@@ -111,44 +105,35 @@ async def test_a_sync_wakes_on_its_spec_or_an_annotation_but_not_on_its_status_o
     kube = StatusLog()
     rt = runtime(kube)
     syncs, connections = Passes(SYNC_PLURAL), Passes(PLURAL)
-    current = {"sync": body(1), "connection": body(1)}
-    stop = asyncio.Event()
-    log = logging.getLogger("tests.wakeups")
-    loops = [
-        asyncio.create_task(rt.loop(syncs, lambda: current["sync"], lambda _: None, log, stop.wait)),
-        asyncio.create_task(rt.loop(connections, lambda: current["connection"], lambda _: None, log, stop.wait)),
-    ]
+    rt.serve(syncs)
+    rt.serve(connections)
     try:
+        rt.observe(body(1), plural=SYNC_PLURAL)
+        rt.observe(body(1))
         assert await next_pass(syncs)  # the first passes
         assert await next_pass(connections)
 
-        current["sync"] = body(1, status={"id": "written by the operator"})
-        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        rt.observe(body(1, status={"id": "written by the operator"}), plural=SYNC_PLURAL)
         assert not await next_pass(syncs)  # the echo of a status write
 
-        current["sync"] = body(1, annotations={ANNOTATION_PENDING_CREATE: "bookkeeping"})
-        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        rt.observe(body(1, annotations={ANNOTATION_PENDING_CREATE: "bookkeeping"}), plural=SYNC_PLURAL)
         assert not await next_pass(syncs)
 
-        current["sync"] = body(2)
-        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        rt.observe(body(2), plural=SYNC_PLURAL)
         assert await next_pass(syncs)
         assert syncs.bodies[-1]["metadata"]["generation"] == 2
         assert len(connections.bodies) == 1  # a connection of the same name was not woken
 
-        current["sync"] = body(2, annotations={"example.com/touched": "yes"})
-        rt.observe(current["sync"], plural=SYNC_PLURAL)
+        rt.observe(body(2, annotations={"example.com/touched": "yes"}), plural=SYNC_PLURAL)
         assert await next_pass(syncs)
 
-        current["connection"] = body(1, annotations={"octoconn.dev/reconcile-requested-at": "now"})
-        rt.observe(current["connection"])
+        rt.observe(body(1, annotations={"octoconn.dev/reconcile-requested-at": "now"}))
         assert await next_pass(connections)
         assert len(syncs.bodies) == 3
         # A re-check the user asked for is written even though the kind found nothing worth a write.
         assert kube.patches == [(PLURAL, {"seen": True})]
     finally:
-        stop.set()
-        await asyncio.gather(*loops)
+        await rt.stop()
 
 
 @dataclass
@@ -189,29 +174,100 @@ async def test_routine_checks_leave_slots_for_new_resources_and_requested_checks
     rt = runtime(StatusLog())
     rt.settings.resync_interval_seconds = 0.02  # type: ignore[misc] - periodic checks fall due at once
     kind = Held(PLURAL)
-    current = {f"old-{i}": named(f"old-{i}") for i in range(8)}
-    stop = asyncio.Event()
-    log = logging.getLogger("tests.wakeups")
-
-    def start(name: str) -> asyncio.Task[None]:
-        return asyncio.create_task(rt.loop(kind, lambda: current[name], lambda _: None, log, stop.wait))
-
-    loops = [start(name) for name in current]
+    rt.serve(kind)
+    olds = [f"old-{i}" for i in range(8)]
     try:
+        for name in olds:
+            rt.observe(named(name))
         assert await until(lambda: len(kind.bodies) == 8)  # every first pass
         await asyncio.sleep(0.1)  # the periodic checks fall due and queue for the gate
 
-        current["new"] = named("new")
-        loops.append(start("new"))
+        rt.observe(named("new"))
         assert await until(lambda: kind.passes.get("new") == 1 and "new" not in kind.inside)
-        # Routine checks hold at most a quarter of the 4 slots: one at the gate, the others queued for it.
+        # Routine checks hold at most a quarter of the 4 workers: one at the gate, the others queued for it.
         assert len(kind.inside) == 1
 
-        waiting = next(name for name in current if name.startswith("old") and name not in kind.inside)
-        current[waiting] = named(waiting, {"octoconn.dev/reconcile-requested-at": "now"})
-        rt.observe(current[waiting])
+        waiting = next(name for name in olds if name not in kind.inside)
+        rt.observe(named(waiting, {"octoconn.dev/reconcile-requested-at": "now"}))
         assert await until(lambda: kind.bodies[-1]["metadata"]["name"] == waiting)
     finally:
         kind.gate.set()
-        stop.set()
-        await asyncio.gather(*loops)
+        await rt.stop()
+
+
+def landed(name: str) -> Any:
+    new = named(name)
+    new["metadata"]["finalizers"] = ["octoconn.dev/finalizer"]
+    return new
+
+
+async def test_a_new_resource_waits_for_kopfs_first_patch_as_long_as_kopf_shows_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loop_module, "FIRST_PATCH_WAIT_SECONDS", 0.3)
+    rt = runtime(StatusLog())
+    kind = Passes(PLURAL)
+    rt.serve(kind)
+    ran_at: dict[str, float] = {}
+    reconcile = kind.reconcile
+
+    async def timed(res: Mapping[str, Any], *, fresh: bool, first_patch: FirstPatch | None) -> Outcome[Any]:
+        ran_at[res["metadata"]["name"]] = time.monotonic()
+        return await reconcile(res, fresh=fresh, first_patch=first_patch)
+
+    kind.reconcile = timed  # type: ignore[method-assign]
+    try:
+        rt.observe(named("stuck"), new=True)  # Kopf never shows its first patch
+        rt.observe(named("quick"), new=True)
+        await asyncio.sleep(0.2)
+        assert ran_at == {}  # neither runs before its first patch shows
+        rt.observe(landed("quick"))
+        landed_at = time.monotonic()
+        assert await until(lambda: "quick" in ran_at)  # at once once it shows
+        assert await until(lambda: "stuck" in ran_at, seconds=5)  # and the other in the end, without it
+        # Kopf showed progress (quick's patch) after stuck had waited 0.2 s: stuck's wait ran on from there.
+        assert ran_at["stuck"] - landed_at >= 0.3
+    finally:
+        await rt.stop()
+
+
+class Switch:
+    """Kopf's operator-paused switch, as the loop uses it."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.changed = asyncio.Condition()
+
+    def is_on(self) -> bool:
+        return self.on
+
+    async def wait_for(self, state: bool) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.on == state)
+
+    async def turn(self, state: bool) -> None:
+        async with self.changed:
+            self.on = state
+            self.changed.notify_all()
+
+
+async def test_while_another_replica_holds_the_peering_no_pass_runs_and_everything_is_listed_again() -> None:
+    rt = runtime(StatusLog())
+    kind = Passes(PLURAL)
+    rt.serve(kind)
+    switch = Switch()
+    try:
+        rt.follow_pause(switch)
+        rt.observe(named("a"))
+        assert await next_pass(kind)
+        await switch.turn(True)
+        assert await until(lambda: not rt.tracked)  # left to the other replica
+        rt.observe(named("a", {"example.com/touched": "yes"}))  # an event that sneaks in while pausing
+        rt.kick("ns", "a")
+        assert not await next_pass(kind)
+        await switch.turn(False)
+        rt.observe(named("a", {"example.com/touched": "yes"}))  # Kopf's listing after the pause
+        assert await next_pass(kind)
+        assert len(kind.bodies) == 2
+    finally:
+        await rt.stop()
