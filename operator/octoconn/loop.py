@@ -158,6 +158,8 @@ class Loop:
         self.statuses.caught_up(body, plural=plural)
         tracked = self.tracked.get(key)
         if tracked is None:
+            if _deleting(body):
+                return  # its finalizer runs (or ran) through Kopf's delete handler; no pass is due
             tracked = self.tracked[key] = Tracked(body=body, seen=_fingerprint(body))
             if new and not _first_patch_landed(meta):
                 tracked.waiting_since = time.monotonic()
@@ -368,6 +370,8 @@ class Loop:
             return exc, await self.report_deletion_blocked(kind, res, exc, emit, attempt=attempt)
         self.statuses.forget(namespace, name, plural=kind.plural)
         kind.forget_metrics(namespace, name)
+        # Its last watch events (the finalizer gone, then DELETED) need nothing: a missed DELETED leaves nothing kept.
+        self.tracked.pop(key, None)
         for event in events:
             emit(event)
         return None

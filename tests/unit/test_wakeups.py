@@ -271,3 +271,23 @@ async def test_while_another_replica_holds_the_peering_no_pass_runs_and_everythi
         assert len(kind.bodies) == 2
     finally:
         await rt.stop()
+
+
+async def test_a_finalized_resource_leaves_nothing_behind_even_without_its_deleted_event() -> None:
+    rt = runtime(StatusLog())
+    kind = Passes(PLURAL)
+    rt.serve(kind)
+    try:
+        rt.observe(named("a"))
+        assert await next_pass(kind)
+        deleting = named("a")
+        deleting["metadata"]["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+        rt.observe(deleting)
+        assert not await next_pass(kind)  # no pass of a resource being deleted
+        assert await rt.finalize(kind, deleting, lambda _: None, attempt=1) is None
+        assert (PLURAL, "ns", "a") not in rt.tracked
+        rt.observe(deleting)  # the event of Kopf's finalizer removal; the DELETED after it is lost
+        assert rt.tracked == {}
+        assert not await next_pass(kind)
+    finally:
+        await rt.stop()
