@@ -142,7 +142,6 @@ class Loop:
         """A pass now (a Secret or a connection changed), for a resource the loop knows and is not deleting."""
         tracked = self.tracked.get((plural, namespace, name))
         if tracked is not None and tracked.waiting_since is None and not _deleting(tracked.body):
-            self._start_workers()
             self.queue.add((plural, namespace, name))
 
     def observe(self, body: Mapping[str, Any], *, plural: str = PLURAL, new: bool = False) -> None:
@@ -150,7 +149,7 @@ class Loop:
 
         ``new``: Kopf's first patch of this resource (finalizer and create marker) is on its way; its first pass
         waits until the watch shows it. The echo of our own status write queues nothing."""
-        if self._paused is not None and self._paused.is_on():
+        if self._standing_by:
             return  # another replica reconciles; Kopf lists everything again when this one resumes
         self._start_workers()
         meta = body.get("metadata") or {}
@@ -179,14 +178,18 @@ class Loop:
             self.queue.add(key)
 
     def gone(self, namespace: str, name: str, *, plural: str = PLURAL) -> None:
-        """The resource was deleted (its finalizer ran, or it never had one)."""
+        """Keep nothing of the resource: it was deleted, its finalizer ran, or another replica took it over."""
         key = (plural, namespace, name)
-        if self.tracked.pop(key, None) is not None:
-            self.queue.forget(key)
-            kind = self.kinds.get(plural)
-            if kind is not None:
-                kind.forget_metrics(namespace, name)
+        self.tracked.pop(key, None)
+        self.queue.forget(key)
         self.statuses.forget(namespace, name, plural=plural)
+        kind = self.kinds.get(plural)
+        if kind is not None:
+            kind.forget_metrics(namespace, name)
+
+    @property
+    def _standing_by(self) -> bool:
+        return self._paused is not None and self._paused.is_on()
 
     def follow_pause(self, switch: Switch) -> None:
         """Kopf's operator-paused switch: while another replica holds the peering, this one runs no pass."""
@@ -232,23 +235,21 @@ class Loop:
         queue = self.queue
         while True:
             try:
-                key, routine = await queue.get()
+                key, _ = await queue.get()
             except QueueClosed:
                 return
             try:
-                await self._process(key, routine)
+                await self._process(key)
             except Exception as exc:  # a bug must not cost a worker; the resource is tried again later
                 log.exception("[%s/%s] pass failed unexpectedly: %s", key[1], key[2], type(exc).__name__)
                 queue.add_after(key, self.settings.retry_backoff_cap_seconds)
             finally:
                 queue.done(key)
 
-    async def _process(self, key: Key, routine: bool) -> None:
+    async def _process(self, key: Key) -> None:
         tracked = self.tracked.get(key)
         kind = self.kinds.get(key[0])
-        if tracked is None or kind is None or _deleting(tracked.body):
-            return
-        if self._paused is not None and self._paused.is_on():
+        if tracked is None or kind is None or _deleting(tracked.body) or self._standing_by:
             return
         if tracked.waiting_since is not None and not self._waited_enough(key, tracked):
             return
@@ -368,10 +369,8 @@ class Loop:
             events = await kind.finalize(res)
         except errors.OctoconnError as exc:
             return exc, await self.report_deletion_blocked(kind, res, exc, emit, attempt=attempt)
-        self.statuses.forget(namespace, name, plural=kind.plural)
-        kind.forget_metrics(namespace, name)
         # Its last watch events (the finalizer gone, then DELETED) need nothing: a missed DELETED leaves nothing kept.
-        self.tracked.pop(key, None)
+        self.gone(namespace, name, plural=kind.plural)
         for event in events:
             emit(event)
         return None
